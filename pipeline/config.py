@@ -1,0 +1,342 @@
+"""cameras.yaml: schema, loading and validation.
+
+A ``defaults:`` section is deep-merged into every entry of ``cameras:`` (a camera
+overrides only what it sets), then each camera is validated with pydantic
+(``extra="forbid"``: a typo fails at load time). Every error is turned into one
+line naming the file, the camera and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import importlib.util
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
+from pipeline.outputs import OutputKind
+
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------- models
+class YoloSpec(Strict):
+    adapter: Literal["yolo"]
+    name: str
+    path: str = Field(description="path to an ultralytics .pt detector, or 'packaged:fall' for the shipped person/fall detector")
+    imgsz: int = Field(320, ge=32, le=4096)
+    conf: float = Field(0.25, gt=0, lt=1)
+
+
+class HaarSpec(Strict):
+    adapter: Literal["haar"]
+    name: str
+    cascade: str = Field(description="face, profile_face, upper_body, full_body, lower_body, plate, eyes, smile, cat_face")
+    width: int = Field(384, ge=32, description="frames are downscaled to this width first (Haar cost grows with pixels)")
+    scale_factor: float = Field(1.1, gt=1.0, le=2.0)
+    min_neighbors: int = Field(4, ge=0)
+    min_size: int = Field(16, ge=4)
+
+
+class HogSpec(Strict):
+    adapter: Literal["hog"]
+    name: str
+    width: int = Field(384, ge=64)
+    hit_threshold: float = 0.3
+
+
+class Mog2Spec(Strict):
+    adapter: Literal["mog2"]
+    name: str
+    width: int = Field(160, ge=16)
+    grid: int = Field(4, ge=1, le=32)
+    history: int = Field(200, ge=1)
+    var_threshold: float = Field(16.0, gt=0)
+
+
+class CallableSpec(Strict):
+    adapter: Literal["callable"]
+    name: str
+    target: str = Field(description="module:function taking one BGR frame")
+    kind: OutputKind
+    classes: list[str] = Field(default_factory=list)
+
+
+AdapterSpec = Union[YoloSpec, HaarSpec, HogSpec, Mog2Spec, CallableSpec]
+
+# The packaged zoo: every entry runs offline from files installed by pip.
+ZOO: dict[str, dict[str, Any]] = {
+    "yolo_person": {"adapter": "yolo", "path": "packaged:fall", "imgsz": 320},
+    "haar_face": {"adapter": "haar", "cascade": "face", "width": 384},
+    "haar_upper_body": {"adapter": "haar", "cascade": "upper_body", "width": 320},
+    "haar_full_body": {"adapter": "haar", "cascade": "full_body", "width": 320},
+    "haar_plate": {"adapter": "haar", "cascade": "plate", "width": 384},
+    "hog_people": {"adapter": "hog", "width": 384},
+    "mog2_motion": {"adapter": "mog2", "width": 160, "grid": 4},
+    "scene_light": {"adapter": "callable", "target": "pipeline.builtin_models:scene_light", "kind": "probs", "classes": ["dark", "dim", "bright"]},
+    "edge_density": {"adapter": "callable", "target": "pipeline.builtin_models:edge_density", "kind": "scalar", "classes": ["edges"]},
+}
+DEFAULT_MODELS = ["yolo_person", "haar_face", "haar_upper_body", "haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
+
+_ADAPTERS = {"yolo": YoloSpec, "haar": HaarSpec, "hog": HogSpec, "mog2": Mog2Spec, "callable": CallableSpec}
+
+
+def resolve_model_spec(item: Any) -> AdapterSpec:
+    """A zoo name or an adapter mapping -> a validated adapter spec."""
+    if isinstance(item, str):
+        if item not in ZOO:
+            raise ValueError(f"unknown model {item!r} (zoo: {', '.join(sorted(ZOO))}; or give an adapter spec)")
+        return _ADAPTERS[ZOO[item]["adapter"]](name=item, **ZOO[item])
+    if isinstance(item, dict):
+        adapter = item.get("adapter")
+        if adapter not in _ADAPTERS:
+            raise ValueError(f"unknown model adapter {adapter!r} (known: {', '.join(_ADAPTERS)})")
+        if "name" not in item:
+            raise ValueError("model spec needs a 'name'")
+        return _ADAPTERS[adapter](**item)
+    raise ValueError(f"a model is a zoo name or a mapping, not {type(item).__name__}")
+
+
+# ---------------------------------------------------------------- cameras
+class Mode(str, Enum):
+    LIVE = "live"  # newest-frame semantics, bounded streams, frames may be dropped
+    REPLAY = "replay"  # every frame, backpressure instead of drops
+
+
+class RtspOptions(Strict):
+    transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+
+
+class CameraConfig(Strict):
+    name: str
+    source: Union[str, list[str]] = Field(description="video file, list or glob of files, pkg: sample, or rtsp:// URL")
+    fps: float | None = Field(None, gt=0, le=240, description="target sampling rate (by PTS); null = every frame")
+    resize: Union[int, tuple[int, int], None] = Field(None, description="target width (keeps aspect) or [width, height]")
+    models: list[Any] = Field(default_factory=lambda: list(DEFAULT_MODELS))
+    mode: Mode = Mode.REPLAY
+    loop: bool = Field(False, description="files only: start again at the end (live demos)")
+    encoding: Literal["jpeg", "raw"] = "jpeg"
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    max_len: int = Field(64, ge=2, description="live: approximate MAXLEN of frames:{camera}")
+    window: int = Field(32, ge=1, description="replay: frames the scheduler may lag behind before the decoder waits")
+    results_max_len: int = Field(100_000, ge=100, description="approximate MAXLEN of results:{camera} (retention)")
+    rtsp: RtspOptions = Field(default_factory=RtspOptions)
+    model_specs: list[AdapterSpec] = Field(default_factory=list, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not CAMERA_NAME.match(v):
+            raise ValueError("camera names use letters, digits, '_', '-', '.' (at most 64)")
+        return v
+
+    @field_validator("resize")
+    @classmethod
+    def _resize_ok(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 16 or isinstance(v, tuple) and min(v) < 16:
+            raise ValueError("resize must be at least 16 pixels")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "CameraConfig":
+        if not self.models:
+            raise ValueError("models: at least one model is needed")
+        specs = []
+        for i, m in enumerate(self.models):
+            try:
+                specs.append(resolve_model_spec(m))
+            except ValidationError as exc:
+                raise ValueError(f"models[{i}]: {_first_error(exc)}") from None
+        names = [s.name for s in specs]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"models: duplicate model name {sorted(dup)[0]!r}")
+        self.model_specs = specs
+        if isinstance(self.source, list) and not self.source:
+            raise ValueError("source: empty list")
+        if self.is_rtsp and self.loop:
+            raise ValueError("loop: only for file sources")
+        return self
+
+    @property
+    def is_rtsp(self) -> bool:
+        src = self.source if isinstance(self.source, str) else self.source[0]
+        return src.startswith(("rtsp://", "rtsps://"))
+
+    def files(self, base: Path | None = None) -> list[Path]:
+        """The camera's files in play order (globs expanded, pkg: samples resolved)."""
+        if self.is_rtsp:
+            return []
+        items = [self.source] if isinstance(self.source, str) else list(self.source)
+        out: list[Path] = []
+        for it in items:
+            if it.startswith("pkg:"):
+                out.append(resolve_packaged(it))
+                continue
+            p = Path(it).expanduser()
+            if base is not None and not p.is_absolute():
+                p = base / p
+            if any(ch in it for ch in "*?["):
+                out.extend(Path(x) for x in sorted(glob.glob(str(p))))
+            else:
+                out.append(p)
+        return out
+
+
+def resolve_packaged(ref: str) -> Path:
+    """``pkg:module/relative/file`` -> a file inside an installed package."""
+    body = ref[len("pkg:") :]
+    mod, _, rel = body.partition("/")
+    spec = importlib.util.find_spec(mod) if mod else None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"source {ref}: package {mod!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
+class SchedulerConfig(Strict):
+    workers: int = Field(1, ge=1, le=64)
+    batch: int = Field(8, ge=1, le=256, description="frames read per XREADGROUP and batched per model")
+    policy: str = "all"
+
+
+class Config(Strict):
+    cameras: dict[str, CameraConfig]
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    base_dir: Path | None = Field(None, exclude=True)
+
+    def all_model_specs(self) -> list[AdapterSpec]:
+        """Union of the cameras' models; one name must mean one spec everywhere."""
+        seen: dict[str, AdapterSpec] = {}
+        for cam in self.cameras.values():
+            for s in cam.model_specs:
+                if s.name in seen and seen[s.name] != s:
+                    raise UserError(f"camera {cam.name}: model {s.name!r} is defined differently by another camera")
+                seen[s.name] = s
+        return list(seen.values())
+
+
+# ---------------------------------------------------------------- loading
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` wins; nested mappings merge key by key; lists are replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (YAML would silently keep the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_config(data: Any, where: str = "config", base_dir: Path | None = None) -> Config:
+    """Validate a loaded YAML document; raise UserError with one line on failure."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping with a 'cameras:' section")
+    unknown = set(data) - {"defaults", "cameras", "scheduler"}
+    if unknown:
+        raise UserError(f"{where}: unknown top-level key {sorted(unknown)[0]!r} (allowed: defaults, cameras, scheduler)")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise UserError(f"{where}: defaults: expected a mapping")
+    cams = data.get("cameras")
+    if not isinstance(cams, dict) or not cams:
+        raise UserError(f"{where}: cameras: expected a non-empty mapping of camera name -> settings")
+    cameras: dict[str, CameraConfig] = {}
+    for name, body in cams.items():
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise UserError(f"{where}: camera {name}: expected a mapping of settings")
+        merged = deep_merge(defaults, body)
+        try:
+            cameras[str(name)] = CameraConfig(name=str(name), **merged)
+        except ValidationError as exc:
+            raise UserError(f"{where}: camera {name}: {_first_error(exc)}") from None
+        except TypeError as exc:
+            raise UserError(f"{where}: camera {name}: {exc}") from None
+    try:
+        sched = SchedulerConfig(**(data.get("scheduler") or {}))
+    except ValidationError as exc:
+        raise UserError(f"{where}: scheduler: {_first_error(exc)}") from None
+    cfg = Config(cameras=cameras, scheduler=sched, base_dir=base_dir)
+    cfg.all_model_specs()
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{p}: invalid YAML{line}: {problem}") from None
+    return parse_config(data, where=str(p), base_dir=p.resolve().parent)
+
+
+def replay_config(videos: list[str], models: list[Any] | None = None, **camera_overrides: Any) -> Config:
+    """A config with one replay camera per video file (``mlink replay`` without --config)."""
+    cams: dict[str, Any] = {}
+    for v in videos:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(v).stem)[:64] or "video"
+        base, i = name, 2
+        while name in cams:
+            name, i = f"{base}-{i}", i + 1
+        cams[name] = {"source": v, "mode": "replay", **camera_overrides}
+        if models is not None:
+            cams[name]["models"] = models
+    return parse_config({"cameras": cams}, where="replay")
+
+
+def replay_config_from(videos: list[str], base: Config | None = None, fps: float | None = None) -> Config:
+    """Replay cameras for ``videos``; with ``base``, its first camera's settings apply."""
+    overrides: dict[str, Any] = {}
+    models = None
+    if base is not None:
+        tmpl = next(iter(base.cameras.values())).model_dump(mode="json", exclude={"name", "source", "mode", "loop", "model_specs"})
+        models = tmpl.pop("models")
+        overrides.update(tmpl)
+    if fps is not None:
+        overrides["fps"] = fps
+    cfg = replay_config(videos, models=models, **overrides)
+    if base is not None:
+        cfg.scheduler = base.scheduler
+    return cfg

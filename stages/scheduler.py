@@ -1,0 +1,324 @@
+"""Scheduler stage: consumer-group workers turning frames into analytics records.
+
+Each worker reads every registered camera's ``frames:{cam}`` through the
+``scheduler`` consumer group (XREADGROUP), asks the frame policy which models
+execute on each frame, runs them batched across the frames (and cameras) of one
+read, fills the remaining models through the policy (links, held values...),
+XADDs one record per frame to ``results:{cam}``, and only then XACKs (and
+XDELs) the frame. A worker that dies leaves its frames pending; live workers
+reclaim frames idle for longer than ``claim_idle_ms`` (XAUTOCLAIM).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import redis
+
+from pipeline.config import resolve_model_spec
+from pipeline.errors import UserError
+from pipeline.outputs import ModelOutput, Origin
+from pipeline.streams import (
+    CAMERAS_KEY,
+    GROUP,
+    SCHEMA_VERSION,
+    BadFrame,
+    FrameMsg,
+    camera_key,
+    consumer_name,
+    decode_frame,
+    frames_key,
+    results_key,
+    status_event,
+    status_key,
+)
+from pipeline.zoo import Model, build_model
+
+
+@dataclass
+class Filled:
+    """A non-executed model's output as the policy derived it."""
+
+    origin: Origin
+    output: ModelOutput | None
+    via: tuple[str, ...] = ()
+    confidence: float | None = None
+
+
+class FramePolicy(Protocol):
+    """Decides per frame which models execute and how the others are filled."""
+
+    name: str
+
+    def decide(self, camera: str, frame: FrameMsg, models: list[str]) -> set[str]: ...
+
+    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]: ...
+
+    def describe(self, camera: str) -> dict[str, Any]: ...
+
+
+class AllPolicy:
+    """The reference: every model executes on every frame."""
+
+    name = "all"
+
+    def decide(self, camera: str, frame: FrameMsg, models: list[str]) -> set[str]:
+        return set(models)
+
+    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]:
+        return {m: Filled(Origin.MISSING, None) for m in others}
+
+    def describe(self, camera: str) -> dict[str, Any]:
+        return {"name": self.name, "budget": None}
+
+
+@dataclass
+class CameraState:
+    name: str
+    models: list[str]
+    results_max_len: int
+
+
+@dataclass
+class WorkerStats:
+    frames: int = 0
+    bad_frames: int = 0
+    reclaimed: int = 0
+    model_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class Worker:
+    def __init__(
+        self,
+        r: redis.Redis,
+        policy: FramePolicy | None = None,
+        *,
+        batch: int = 8,
+        block_ms: int = 200,
+        claim_idle_ms: int = 10_000,
+        include_boxes: bool = True,
+        name: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.r = r
+        self.policy: FramePolicy = policy or AllPolicy()
+        self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
+        self.include_boxes = include_boxes
+        self.name = name or consumer_name()
+        self.should_stop = should_stop
+        self.cameras: dict[str, CameraState] = {}
+        self.models: dict[str, Model] = {}
+        self.model_specs: dict[str, Any] = {}
+        self.stats = WorkerStats()
+        self._last_refresh = 0.0
+        self._last_claim = time.monotonic()
+
+    # -------------------------------------------------------------- cameras
+    def refresh_cameras(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_refresh < 1.0:
+            return
+        self._last_refresh = now
+        for raw in self.r.smembers(CAMERAS_KEY):
+            cam = raw.decode() if isinstance(raw, bytes) else raw
+            if cam in self.cameras:
+                continue
+            info = self.r.hgetall(camera_key(cam))
+            if not info:
+                continue
+            try:
+                self._add_camera(cam, info)
+            except UserError as exc:
+                self._status(cam, "error", reason=str(exc))
+
+    def _add_camera(self, cam: str, info: dict[bytes, bytes]) -> None:
+        specs = [resolve_model_spec(s) for s in json.loads(info[b"models"])]
+        for s in specs:
+            if s.name not in self.models:
+                self.models[s.name] = build_model(s)
+                self.model_specs[s.name] = s
+        try:
+            self.r.xgroup_create(frames_key(cam), GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self.cameras[cam] = CameraState(cam, [s.name for s in specs], int(info.get(b"results_max_len", 100_000)))
+
+    def _status(self, cam: str, event: str, **info: Any) -> None:
+        self.r.xadd(status_key(cam), status_event(event, cam, worker=self.name, **info), maxlen=1000, approximate=True)
+
+    # ----------------------------------------------------------------- loop
+    def run(self, idle_exit_s: float | None = None) -> WorkerStats:
+        """Serve until ``should_stop()``; with ``idle_exit_s``, also stop after that long idle."""
+        last_work = time.monotonic()
+        while not self.should_stop():
+            n = self.step()
+            if n:
+                last_work = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
+                break
+        return self.stats
+
+    def step(self) -> int:
+        """One read (plus reclaim when due); returns how many frames were handled."""
+        self.refresh_cameras()
+        if not self.cameras:
+            time.sleep(self.block_ms / 1000)
+            self.refresh_cameras(force=True)
+            return 0
+        entries = self._reclaim() if time.monotonic() - self._last_claim > self.claim_idle_ms / 2000 else []
+        if not entries:
+            streams = {frames_key(c): ">" for c in self.cameras}
+            resp = self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms)
+            for key, items in resp or []:
+                k = key.decode() if isinstance(key, bytes) else key
+                entries.extend((k, eid, fields) for eid, fields in items)
+        if entries:
+            self.process(entries)
+        return len(entries)
+
+    def _reclaim(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        self._last_claim = time.monotonic()
+        out = []
+        for cam in self.cameras:
+            key = frames_key(cam)
+            try:
+                res = self.r.xautoclaim(key, GROUP, self.name, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch)
+            except redis.ResponseError:
+                continue
+            for eid, fields in res[1]:
+                if fields:  # a trimmed (deleted) entry comes back empty: nothing to do
+                    out.append((key, eid, fields))
+                else:
+                    self.r.xack(key, GROUP, eid)
+        self.stats.reclaimed += len(out)
+        return out
+
+    # -------------------------------------------------------------- process
+    def process(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
+        t_read = time.time()
+        frames: list[tuple[str, bytes, FrameMsg]] = []
+        done_bad: list[tuple[str, bytes]] = []
+        for key, eid, fields in entries:
+            cam = key[len("frames:{") : -1]
+            try:
+                msg = decode_frame(fields)
+            except BadFrame as exc:
+                self.stats.bad_frames += 1
+                self._status(cam, "error", reason=f"camera {cam}: bad frame entry {eid.decode() if isinstance(eid, bytes) else eid}: {exc}")
+                done_bad.append((key, eid))
+                continue
+            frames.append((key, eid, msg))
+
+        # Which models run on which frame, then one batched call per model.
+        plan: list[set[str]] = []
+        jobs: dict[str, list[int]] = defaultdict(list)
+        for i, (_, _, msg) in enumerate(frames):
+            cs = self.cameras.get(msg.camera)
+            models = cs.models if cs else []
+            run = self.policy.decide(msg.camera, msg, models)
+            plan.append(run)
+            for m in models:
+                if m in run:
+                    jobs[m].append(i)
+        outputs: list[dict[str, ModelOutput]] = [{} for _ in frames]
+        per_frame_ms: list[dict[str, float]] = [{} for _ in frames]
+        for m, idx in jobs.items():
+            model = self.models[m]
+            t0 = time.perf_counter()
+            outs = model.predict([frames[i][2].image for i in idx], [frames[i][2].camera for i in idx])
+            share = (time.perf_counter() - t0) * 1000 / len(idx)
+            self.stats.model_ms[m] += share * len(idx)
+            for i, o in zip(idx, outs):
+                outputs[i][m] = o
+                per_frame_ms[i][m] = share
+
+        pipe = self.r.pipeline(transaction=False)
+        for i, (key, eid, msg) in enumerate(frames):
+            cs = self.cameras.get(msg.camera)
+            models = cs.models if cs else []
+            others = [m for m in models if m not in outputs[i]]
+            filled = self.policy.fill(msg.camera, msg, outputs[i], others) if others else {}
+            rec = self.build_record(msg, models, outputs[i], filled, per_frame_ms[i], t_read)
+            maxlen = cs.results_max_len if cs else 100_000
+            pipe.xadd(results_key(msg.camera), {"frame": msg.frame, "json": json.dumps(rec, separators=(",", ":"))}, maxlen=maxlen, approximate=True)
+            pipe.xack(key, GROUP, eid)
+            pipe.xdel(key, eid)
+        for key, eid in done_bad:
+            pipe.xack(key, GROUP, eid)
+            pipe.xdel(key, eid)
+        pipe.execute()
+        self.stats.frames += len(frames)
+
+    def build_record(
+        self,
+        msg: FrameMsg,
+        models: list[str],
+        executed: dict[str, ModelOutput],
+        filled: dict[str, Filled],
+        ms: dict[str, float],
+        t_read: float,
+    ) -> dict[str, Any]:
+        outs: dict[str, Any] = {}
+        for m in models:
+            if m in executed:
+                rec = {"origin": Origin.EXECUTED.value, **executed[m].to_record(include_boxes=self.include_boxes), "ms": round(ms.get(m, 0.0), 3)}
+            else:
+                f = filled.get(m, Filled(Origin.MISSING, None))
+                rec = {"origin": f.origin.value}
+                if f.output is not None:
+                    rec.update(f.output.to_record(include_boxes=self.include_boxes))
+                if f.via:
+                    rec["via"] = list(f.via)
+                if f.confidence is not None:
+                    rec["confidence"] = round(float(f.confidence), 4)
+            outs[m] = rec
+        now = time.time()
+        model_ms = sum(ms.values())
+        pol = self.policy.describe(msg.camera)
+        return {
+            "v": SCHEMA_VERSION,
+            "camera": msg.camera,
+            "frame": msg.frame,
+            "pts": round(msg.pts, 6),
+            "pts_raw": round(msg.pts_raw, 6),
+            "wall": round(msg.wall, 6),
+            "width": msg.width,
+            "height": msg.height,
+            "outputs": outs,
+            "policy": {**pol, "active": sorted(executed)},
+            "latency_ms": {
+                "queue": round((t_read - msg.wall) * 1000, 2),
+                "models": round(model_ms, 2),
+                "total": round((now - msg.wall) * 1000, 2),
+            },
+            "worker": self.name,
+        }
+
+
+def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_idle_ms: int = 10_000) -> int:
+    """Process entry point (the supervisor starts N of these)."""
+    from pipeline.redis_conn import connect
+
+    stop = {"flag": False}
+
+    def _stop(*_: object) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    r = connect(redis_url)
+    policy = make_frame_policy(policy_name, r)
+    Worker(r, policy, batch=batch, claim_idle_ms=claim_idle_ms, should_stop=lambda: stop["flag"]).run()
+    return 0
+
+
+def make_frame_policy(name: str, r: redis.Redis | None = None) -> FramePolicy:
+    if name == "all":
+        return AllPolicy()
+    raise UserError(f"unknown policy {name!r} (available: all)")

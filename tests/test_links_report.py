@@ -1,0 +1,80 @@
+"""links train + links report on a small real profile (a short GIF, cheap models)."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from links.linkset import LinkSet
+from links.samples import AlignedSamples
+from pipeline.cli_links import add_parsers
+from pipeline.errors import UserError
+from stages.profiler import profile_videos
+
+VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+GIF = VIDEOS / "intel_preview_people-detection.gif"
+CHEAP = ["haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
+
+
+def run(argv):
+    ap = argparse.ArgumentParser(prog="mlink")
+    add_parsers(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def real_samples(tmp_path_factory):
+    if not GIF.exists():
+        pytest.skip("sample footage not present")
+    p = tmp_path_factory.mktemp("prof") / "gif.npz"
+    profile_videos([GIF], model_names=CHEAP, max_frames=60, progress=False, out=p)
+    return p
+
+
+def test_train_and_report_on_real_footage(real_samples, tmp_path, capsys):
+    out = tmp_path / "links"
+    assert run(["links", "train", str(real_samples), "--out", str(out), "--first", "0.5", "--epochs", "15", "--quiet"]) == 0
+    assert "trained 20 links and 5 ensembles on 30 samples" in capsys.readouterr().out
+    meta = json.loads((out / "links.json").read_text())
+    assert meta["format"] == "mlink-links" and meta["sample_counts"]["train"] == 30
+    assert [m["name"] for m in meta["models"]] == CHEAP
+    png, js = tmp_path / "m.png", tmp_path / "rows.json"
+    assert run(["links", "report", str(out), "--samples", str(real_samples), "--skip-first", "0.5", "--png", str(png), "--json", str(js)]) == 0
+    text = capsys.readouterr().out
+    for name in CHEAP:
+        assert name in text
+    for col in ("prior", "hold4", "single", "ens+t", "closed"):
+        assert col in text
+    assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+    rows = json.loads(js.read_text())
+    assert len(rows) == 5 and all(r["n"] == 30 for r in rows)
+    for r in rows:
+        for c in ("prior", "hold_last", "best_single", "ensemble", "ens_temporal"):
+            assert 0.0 <= r[c] <= 1.0
+    # the links are usable by the scheduler straight from disk
+    ls = LinkSet.load(out)
+    s = AlignedSamples.load(real_samples)
+    d = ls.derive({"edge_density": s.outputs["edge_density"][0]}, CHEAP)
+    assert d["edge_density"].confidence == 1.0 and d["hog_people"].via == ("edge_density",)
+
+
+def test_cli_errors_are_user_errors(real_samples, tmp_path):
+    with pytest.raises(UserError, match="links file not found"):
+        run(["links", "report", str(tmp_path / "none"), "--samples", str(real_samples)])
+    with pytest.raises(UserError, match="--first"):
+        run(["links", "train", str(real_samples), "--out", str(tmp_path / "x"), "--first", "1.5"])
+    bad = tmp_path / "bad.npz"
+    bad.write_text("nope")
+    with pytest.raises(UserError):
+        run(["links", "train", str(bad), "--out", str(tmp_path / "x")])
+    # links trained on other models do not match these samples
+    other = AlignedSamples.load(real_samples)
+    sub = AlignedSamples(other.models[:3])
+    for i in range(10):
+        sub.append("c", i, i / 10, {m.name: other.outputs[m.name][i] for m in other.models[:3]})
+    sub_path = sub.save(tmp_path / "sub.npz")
+    run(["links", "train", str(sub_path), "--out", str(tmp_path / "sub"), "--epochs", "2", "--quiet"])
+    with pytest.raises(UserError, match="trained for models"):
+        run(["links", "report", str(tmp_path / "sub"), "--samples", str(real_samples)])

@@ -1,0 +1,55 @@
+"""mlink profile on real footage: aligned outputs, documented .npz, one-line errors."""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from links.samples import AlignedSamples
+from pipeline.cli_links import add_parsers
+from pipeline.errors import UserError
+from stages.profiler import profile_videos
+
+VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+GIF = VIDEOS / "intel_preview_store-aisle-detection.gif"
+CHEAP = ["haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
+
+needs_footage = pytest.mark.skipif(not GIF.exists(), reason="sample footage not present")
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="mlink")
+    add_parsers(ap.add_subparsers(dest="cmd", required=True))
+    return ap.parse_args(argv)
+
+
+@needs_footage
+def test_profile_real_gif(tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    args = parse(["profile", str(GIF), "--models", ",".join(CHEAP), "--every", "2", "--max-frames", "12", "--out", str(out), "--quiet"])
+    assert args.func(args) == 0
+    s = AlignedSamples.load(out)
+    assert len(s) == 12 and s.names == CHEAP
+    assert s.frame.tolist() == list(range(0, 24, 2))  # every 2nd decoded frame
+    assert np.all(np.diff(s.pts) > 0) and set(s.camera.tolist()) == {GIF.stem}
+    for name in CHEAP:
+        assert len(s.outputs[name]) == 12
+    assert 0.0 <= s.outputs["mog2_motion"][5].value <= 1.0 and s.outputs["mog2_motion"][5].grid.shape == (4, 4)
+    assert "12 aligned samples of 5 models" in capsys.readouterr().out
+
+
+def test_profile_bad_input(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        profile_videos([tmp_path / "nope.mp4"], model_names=["edge_density"], progress=False)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video")
+    with pytest.raises(UserError) as e:
+        profile_videos([bad], model_names=["edge_density"], progress=False)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="unknown model"):
+        profile_videos([bad], model_names=["no_such_model"], progress=False)
+    with pytest.raises(UserError, match="nothing to profile"):
+        profile_videos([], progress=False)
+    with pytest.raises(UserError, match="--every"):
+        profile_videos([bad], model_names=["edge_density"], every=0, progress=False)
