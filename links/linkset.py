@@ -431,7 +431,7 @@ class LinkSet:
         return float(self.heads_correct(samples, target, self.ensemble_heads(samples, target, executed, age)).mean())
 
     # ------------------------------------------------------------ adaptation
-    def finetune(self, samples: AlignedSamples, *, epochs: int = 20, lr: float = 0.003, progress: bool = False, seed: int | None = None) -> None:
+    def finetune(self, samples: AlignedSamples, *, epochs: int = 20, lr: float = 0.01, progress: bool = False, seed: int | None = None) -> None:
         """Continue training every link and ensemble on fresh aligned samples (in place).
 
         Views (count bins, standardisation) stay as trained so saved heads keep their

@@ -256,10 +256,7 @@ def train_ensemble(
     P = {k: torch.tensor(v, requires_grad=True) for k, v in e.items()}
     S = len(xs)
     n, H = targets.shape
-    dims = [x.shape[1] for x in xs]
-    XA = torch.from_numpy(np.ascontiguousarray(np.concatenate(list(xs), axis=1), np.float32))  # (n, sum D)
     ZA = torch.from_numpy(np.ascontiguousarray(zs.transpose(1, 0, 2), np.float32))  # (n, S, H)
-    Ex = torch.from_numpy(np.repeat(np.eye(S, dtype=np.float32), dims, axis=1))  # (S, sum D)
     T = torch.from_numpy(np.ascontiguousarray(targets, np.float32))
     temporal = held_x is not None
     if temporal:

@@ -17,7 +17,8 @@ detections  per class c a categorical over counts 0..K_c (K_c = largest count se
             training, the last bin meaning "K_c or more"): softmax + cross-entropy. This is
             the "ordinal/categorical count head": the arg-max is the count most likely to be
             exactly right, which is what the |pred-true| < 0.5 metric rewards (a linear MAE
-            head predicts the median, a Poisson head the mean; both measured worse here).
+            head predicts the median, a Poisson head the mean; neither was measured against
+            it here -- a design choice, not a measured win).
             Then G*G occupancy logits (sigmoid + BCE on "any box centre in the cell"),
             used to place approximate boxes.
 probs       C logits: softmax + cross-entropy on the target's soft probabilities.

@@ -151,9 +151,7 @@ class CameraConfig(Strict):
 
     @model_validator(mode="after")
     def _resolve(self) -> "CameraConfig":
-        if not self.models:
-            raise ValueError("models: at least one model is needed")
-        specs = []
+        specs = []  # an empty list is allowed: transport-only records (benchmarks)
         for i, m in enumerate(self.models):
             try:
                 specs.append(resolve_model_spec(m))
@@ -219,11 +217,13 @@ class Config(Strict):
     def all_model_specs(self) -> list[AdapterSpec]:
         """Union of the cameras' models; one name must mean one spec everywhere."""
         seen: dict[str, AdapterSpec] = {}
+        owner: dict[str, str] = {}
         for cam in self.cameras.values():
             for s in cam.model_specs:
                 if s.name in seen and seen[s.name] != s:
-                    raise UserError(f"camera {cam.name}: model {s.name!r} is defined differently by another camera")
+                    raise UserError(f"camera {cam.name}: model {s.name!r} is defined differently by camera {owner[s.name]}")
                 seen[s.name] = s
+                owner.setdefault(s.name, cam.name)
         return list(seen.values())
 
 
@@ -294,7 +294,10 @@ def parse_config(data: Any, where: str = "config", base_dir: Path | None = None)
     except ValidationError as exc:
         raise UserError(f"{where}: scheduler: {_first_error(exc)}") from None
     cfg = Config(cameras=cameras, scheduler=sched, base_dir=base_dir)
-    cfg.all_model_specs()
+    try:
+        cfg.all_model_specs()
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
     return cfg
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
+import redis.cluster
 
 from pipeline.errors import UserError
 
@@ -42,27 +43,70 @@ def redact(url: str) -> str:
     return url
 
 
+class RedisUnavailable(UserError):
+    """Redis cannot be reached (yet): a supervisor should retry, not give up."""
+
+
+def is_cluster_url(url: str) -> bool:
+    """``redis+cluster://`` / ``rediss+cluster://`` or a ``cluster=1`` query ask for Redis Cluster."""
+    p = urlparse(url)
+    if p.scheme in ("redis+cluster", "rediss+cluster"):
+        return True
+    return any(kv.lower() in ("cluster=1", "cluster=true", "cluster=yes") for kv in p.query.split("&") if kv)
+
+
+def _plain_url(url: str) -> str:
+    """The URL redis-py understands: ``+cluster`` and the ``cluster=`` query removed."""
+    p = urlparse(url)
+    scheme = p.scheme.replace("+cluster", "")
+    query = "&".join(kv for kv in p.query.split("&") if kv and not kv.lower().startswith("cluster="))
+    return p._replace(scheme=scheme, query=query).geturl()
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, redis.cluster.RedisCluster)
+
+
 def connect(url: str, *, decode: bool = False, timeout: float = 5.0) -> redis.Redis:
-    """A client for ``url`` (redis://, rediss://, unix://), checked with PING."""
+    """A client for ``url`` (redis://, rediss://, unix://, redis+cluster://), checked with PING.
+
+    Passwords (``redis://:pw@host``, ``redis://user:pw@host``) and TLS
+    (``rediss://``, with ``?ssl_cert_reqs=none`` etc.) are redis-py's own URL
+    options. A cluster URL returns a :class:`redis.cluster.RedisCluster`: every
+    key of one camera shares a hash tag, so per-camera commands and pipelines
+    stay in one slot.
+    """
     try:
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=decode,
-            socket_connect_timeout=timeout,
-            socket_timeout=None,  # XREADGROUP BLOCK needs no client-side timeout
-            health_check_interval=30,
-            retry_on_timeout=True,
-        )
+        if is_cluster_url(url):
+            client = redis.cluster.RedisCluster.from_url(
+                _plain_url(url),
+                decode_responses=decode,
+                socket_connect_timeout=timeout,
+                socket_timeout=None,
+            )
+        else:
+            tcp = {"socket_keepalive": True} if urlparse(url).scheme in ("redis", "rediss") else {}
+            client = redis.Redis.from_url(
+                url,
+                decode_responses=decode,
+                socket_connect_timeout=timeout,
+                socket_timeout=None,  # XREADGROUP BLOCK needs no client-side timeout
+                health_check_interval=30,
+                retry_on_timeout=True,
+                **tcp,
+            )
         client.ping()
     except ValueError as exc:
         raise UserError(f"redis {redact(url)}: invalid URL: {exc}") from None
     except redis.AuthenticationError:
         raise UserError(f"redis {redact(url)}: authentication failed (check the password in the URL)") from None
-    except redis.ConnectionError as exc:
-        raise UserError(f"redis {redact(url)}: cannot connect: {str(exc).splitlines()[0]}") from None
+    except (redis.ConnectionError, redis.exceptions.ClusterError) as exc:
+        raise RedisUnavailable(f"redis {redact(url)}: cannot connect: {(str(exc) or type(exc).__name__).splitlines()[0]}") from None
+    except redis.exceptions.RedisClusterException as exc:
+        raise UserError(f"redis {redact(url)}: cluster: {str(exc).splitlines()[0]}") from None
     except redis.ResponseError as exc:
         raise UserError(f"redis {redact(url)}: {exc}") from None
-    return client
+    return client  # type: ignore[return-value]
 
 
 def redis_server_binary() -> str:

@@ -4,8 +4,14 @@ One decoder process per camera and N scheduler workers, each a ``spawn``ed
 multiprocessing child (no inherited locks, torch threads or sockets). A child
 that exits with :data:`stages.decoder.EXIT_FAILED` failed permanently (bad file)
 and stays down; any other unexpected exit is restarted with exponential
-backoff. Children die with the supervisor (PR_SET_PDEATHSIG), so even a
-SIGKILLed supervisor leaves no orphans behind.
+backoff (0.5 s doubling to ``backoff_max_s``; the backoff resets once a child
+has run for ``stable_after_s``). Children die with the supervisor
+(PR_SET_PDEATHSIG), so even a SIGKILLed supervisor leaves no orphans behind.
+
+Metrics: :meth:`Supervisor.serve_metrics` exposes ``/metrics`` (see
+:mod:`pipeline.metrics`): the per-camera counters every stage keeps in Redis
+(so the numbers cover workers on other hosts too) plus this supervisor's
+process restarts.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any, Callable
 from pipeline.config import Config
 
 _CTX = mp.get_context("spawn")
+EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL: restart me later
 
 
 def _die_with_parent() -> None:
@@ -34,10 +41,22 @@ def _child(target: Callable[..., int], args: tuple[Any, ...]) -> None:
     _die_with_parent()
     import sys
 
+    import redis
+
     from pipeline.errors import UserError
+    from pipeline.redis_conn import RedisUnavailable
 
     try:
         code = target(*args)
+    except RedisUnavailable as exc:
+        # Not a bad input: Redis is restarting or unreachable. Exit with a
+        # temporary-failure code so that the child is restarted with backoff.
+        print(f"mlink: {exc}; will retry", file=sys.stderr)
+        code = EXIT_TEMPFAIL
+    except (ConnectionError, OSError, redis.ConnectionError, redis.TimeoutError) as exc:
+        # redis.ConnectionError mid-run (Redis restarted under us): one line, then restart.
+        print(f"mlink: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; will retry", file=sys.stderr)
+        code = EXIT_TEMPFAIL
     except UserError as exc:
         print(f"mlink: error: {exc}", file=sys.stderr)
         code = 2
@@ -53,6 +72,8 @@ class Child:
     args: tuple[Any, ...]
     proc: Any = None
     restarts: int = 0
+    failures: int = 0  # consecutive quick deaths (drives the backoff)
+    started_at: float = 0.0
     next_start: float = 0.0
     finished: bool = False  # exited 0 (eos) or permanently failed
     exitcode: int | None = None
@@ -61,12 +82,15 @@ class Child:
 
 class Supervisor:
     def __init__(self, cfg: Config, redis_url: str, *, workers: int | None = None, batch: int | None = None,
-                 policy: str | None = None, claim_idle_ms: int = 10_000, backoff_max_s: float = 30.0) -> None:
+                 policy: str | None = None, claim_idle_ms: int = 10_000, backoff_max_s: float = 30.0,
+                 stable_after_s: float = 60.0) -> None:
         from stages.decoder import decoder_main
         from stages.scheduler import worker_main
 
         self.cfg, self.redis_url = cfg, redis_url
         self.backoff_max_s = backoff_max_s
+        self.stable_after_s = stable_after_s
+        self.metrics_server: Any = None
         base = str(cfg.base_dir) if cfg.base_dir else None
         self.children: list[Child] = []
         for cam in cfg.cameras.values():
@@ -83,6 +107,20 @@ class Supervisor:
     def _spawn(self, c: Child) -> None:
         c.proc = _CTX.Process(target=_child, args=(c.target, c.args), name=c.name, daemon=False)
         c.proc.start()
+        c.started_at = time.monotonic()
+
+    def pids(self, prefix: str = "") -> list[int]:
+        """PIDs of the running children whose name starts with ``prefix``."""
+        return [c.proc.pid for c in self.children if c.proc is not None and c.proc.is_alive() and c.name.startswith(prefix)]
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
+        """Start ``/metrics`` in a thread of this process; returns the bound port."""
+        from pipeline.metrics import serve_metrics
+        from pipeline.redis_conn import connect
+
+        server, _ = serve_metrics(connect(self.redis_url), port, host=host, supervisor=self)
+        self.metrics_server = server
+        return int(server.server_port)
 
     def poll(self) -> list[str]:
         """Restart dead children when due; returns human-readable events."""
@@ -103,7 +141,10 @@ class Supervisor:
                 if c.name.startswith("decoder:") and code in (0, EXIT_FAILED):
                     c.finished = True
                     continue
-                delay = min(self.backoff_max_s, 0.5 * 2**c.restarts)
+                if now - c.started_at >= self.stable_after_s:
+                    c.failures = 0  # it ran fine for a while: restart quickly
+                delay = min(self.backoff_max_s, 0.5 * 2**c.failures)
+                c.failures += 1
                 c.next_start = now + delay
                 events.append(f"{c.name} exited with code {code}; restarting in {delay:.1f}s")
             if c.proc is None and now >= c.next_start:
@@ -118,6 +159,9 @@ class Supervisor:
         return sum(c.restarts for c in self.children)
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server = None
         for c in self.children:
             if c.proc is not None and c.proc.is_alive():
                 c.proc.terminate()  # SIGTERM: children finish the current step and exit

@@ -86,6 +86,8 @@ def open_source(src: str | Path, rtsp_transport: str = "tcp", open_timeout_s: fl
     try:
         container = av.open(s, options=options, timeout=(open_timeout_s, read_timeout_s))
     except av.error.InvalidDataError:
+        if not is_rtsp and _looks_like_mp4(Path(s)):
+            raise UserError(f"{_label(s)}: truncated or corrupt video (FFmpeg cannot parse it)") from None
         raise UserError(f"{_label(s)}: not a video file (FFmpeg cannot parse it)") from None
     except (av.error.FFmpegError, OSError) as exc:
         raise UserError(f"{_label(s)}: cannot open: {_ffmpeg_reason(exc)}") from None
@@ -98,6 +100,15 @@ def open_source(src: str | Path, rtsp_transport: str = "tcp", open_timeout_s: fl
         raise UserError(f"{_label(s)}: unsupported video codec")
     vs.thread_type = "AUTO"
     return container
+
+
+def _looks_like_mp4(path: Path) -> bool:
+    """An ISO-BMFF header (``ftyp`` box): a real mp4/mov whose index FFmpeg could not read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(12)[4:8] == b"ftyp"
+    except OSError:
+        return False
 
 
 def _label(s: str) -> str:
@@ -132,9 +143,13 @@ def iter_frames(
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     n = kept = 0
     last_pts = -1.0
+    is_file = not str(src).startswith(("rtsp://", "rtsps://"))
+    # With frame threading FFmpeg swallows the error of a packet cut short by
+    # truncation and just ends; the demuxer flags that packet as corrupt.
+    state = {"last_corrupt": False}
     try:
         try:
-            for frame in container.decode(stream):
+            for frame in _decode(container, stream, state):
                 pts = float(frame.pts * tb) if frame.pts is not None else (last_pts + 1.0 / 25 if last_pts >= 0 else 0.0)
                 last_pts = pts
                 idx = n
@@ -151,8 +166,19 @@ def iter_frames(
             raise UserError(f"{_label(str(src))}: decoding failed after {n} frames: {_ffmpeg_reason(exc)}") from None
         if n == 0:
             raise UserError(f"{_label(str(src))}: no decodable video frames")
+        if is_file and state["last_corrupt"]:
+            declared = f" of {stream.frames} declared" if stream.frames else ""
+            raise UserError(f"{_label(str(src))}: decoding failed after {n} frames{declared}: file is truncated (last packet incomplete)")
     finally:
         container.close()
+
+
+def _decode(container: Any, stream: Any, state: dict[str, bool]) -> Iterator[Any]:
+    """``container.decode(stream)``, noting whether the last data packet was corrupt."""
+    for packet in container.demux(stream):
+        if packet.size:
+            state["last_corrupt"] = bool(packet.is_corrupt)
+        yield from packet.decode()
 
 
 def probe_frame_count(path: str | Path) -> int | None:

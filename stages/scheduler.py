@@ -7,12 +7,30 @@ read, fills the remaining models through the policy (links, held values...),
 XADDs one record per frame to ``results:{cam}``, and only then XACKs (and
 XDELs) the frame. A worker that dies leaves its frames pending; live workers
 reclaim frames idle for longer than ``claim_idle_ms`` (XAUTOCLAIM).
+
+I/O that survives the field:
+- Redis faults: a lost connection (Redis restarted, network blip) is retried
+  with capped exponential backoff and jitter inside :meth:`Worker.run`; nothing
+  is acked before its record is written, so a frame read but not finished is
+  simply reclaimed. A consumer group lost with a restarted Redis (NOGROUP) is
+  re-created.
+- Redis Cluster: every key of one camera shares the hash tag ``{cam}``. On a
+  cluster client the worker reads camera by camera (multi-key XREADGROUP would
+  be CROSSSLOT): one non-blocking round-robin pass, then one short blocking read
+  when nothing was waiting. Writes go through one MULTI/EXEC pipeline per camera
+  (record XADD + XACK + XDEL + metric counters), so a record exists iff its frame
+  is acked; on a single server all cameras share one MULTI/EXEC.
+- Metrics: per-camera counters (``metrics:{cam}`` hash, see
+  :mod:`pipeline.metrics`) are incremented in the same transaction as the
+  records, so they survive worker restarts and add up across hosts.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import signal
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +40,7 @@ import redis
 
 from pipeline.config import resolve_model_spec
 from pipeline.errors import UserError
+from pipeline.metrics import count_origin, metrics_key
 from pipeline.outputs import ModelOutput, Origin
 from pipeline.streams import (
     CAMERAS_KEY,
@@ -61,6 +80,10 @@ class FramePolicy(Protocol):
 
     def describe(self, camera: str) -> dict[str, Any]: ...
 
+    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+        """Sees every executed output (profiling samples, held values, adaptation)."""
+        ...
+
 
 class AllPolicy:
     """The reference: every model executes on every frame."""
@@ -76,6 +99,23 @@ class AllPolicy:
     def describe(self, camera: str) -> dict[str, Any]:
         return {"name": self.name, "budget": None}
 
+    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+        pass
+
+
+# Errors that mean "Redis is (temporarily) unreachable": retried, never fatal.
+_REDIS_DOWN: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.SlotNotCoveredError,
+    ConnectionError,
+    OSError,
+)
+
 
 @dataclass
 class CameraState:
@@ -89,6 +129,7 @@ class WorkerStats:
     frames: int = 0
     bad_frames: int = 0
     reclaimed: int = 0
+    redis_errors: int = 0  # connection failures survived (Redis restarts...)
     model_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
@@ -117,6 +158,11 @@ class Worker:
         self.stats = WorkerStats()
         self._last_refresh = 0.0
         self._last_claim = time.monotonic()
+        self._reclaimed_by_cam: dict[str, int] = {}
+        self._rr = 0  # round-robin start for per-camera reads (cluster)
+        from pipeline.redis_conn import is_cluster
+
+        self.cluster = is_cluster(r)
 
     # -------------------------------------------------------------- cameras
     def refresh_cameras(self, force: bool = False) -> None:
@@ -142,22 +188,51 @@ class Worker:
             if s.name not in self.models:
                 self.models[s.name] = build_model(s)
                 self.model_specs[s.name] = s
+        self._ensure_group(cam)
+        self.cameras[cam] = CameraState(cam, [s.name for s in specs], int(info.get(b"results_max_len", 100_000)))
+
+    def _ensure_group(self, cam: str) -> None:
         try:
             self.r.xgroup_create(frames_key(cam), GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self.cameras[cam] = CameraState(cam, [s.name for s in specs], int(info.get(b"results_max_len", 100_000)))
 
     def _status(self, cam: str, event: str, **info: Any) -> None:
         self.r.xadd(status_key(cam), status_event(event, cam, worker=self.name, **info), maxlen=1000, approximate=True)
 
     # ----------------------------------------------------------------- loop
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
-        """Serve until ``should_stop()``; with ``idle_exit_s``, also stop after that long idle."""
+        """Serve until ``should_stop()``; with ``idle_exit_s``, also stop after that long idle.
+
+        Redis connection errors never end the loop: the step is retried with
+        backoff (0.1 s doubling to 2 s, jittered) until Redis is back.
+        """
         last_work = time.monotonic()
+        down_since: float | None = None
+        delay = 0.1
         while not self.should_stop():
-            n = self.step()
+            try:
+                n = self.step()
+            except _REDIS_DOWN as exc:
+                self.stats.redis_errors += 1
+                if down_since is None:
+                    down_since = time.monotonic()
+                    print(f"mlink: worker {self.name}: redis unavailable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); retrying", file=sys.stderr)
+                time.sleep(delay * (1 - 0.3 * random.random()))
+                delay = min(2.0, delay * 2)
+                last_work = time.monotonic()
+                continue
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis came back empty (no persistence): streams and groups are gone.
+                for cam in self.cameras:
+                    self._ensure_group(cam)
+                continue
+            if down_since is not None:
+                print(f"mlink: worker {self.name}: redis back after {time.monotonic() - down_since:.1f}s", file=sys.stderr)
+                down_since, delay = None, 0.1
             if n:
                 last_work = time.monotonic()
             elif idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
@@ -173,14 +248,36 @@ class Worker:
             return 0
         entries = self._reclaim() if time.monotonic() - self._last_claim > self.claim_idle_ms / 2000 else []
         if not entries:
-            streams = {frames_key(c): ">" for c in self.cameras}
-            resp = self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms)
-            for key, items in resp or []:
-                k = key.decode() if isinstance(key, bytes) else key
-                entries.extend((k, eid, fields) for eid, fields in items)
+            entries = self._read()
         if entries:
             self.process(entries)
         return len(entries)
+
+    def _read(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        entries: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+
+        def add(resp: Any) -> None:
+            for key, items in resp or []:
+                k = key.decode() if isinstance(key, bytes) else key
+                entries.extend((k, eid, fields) for eid, fields in items)
+
+        cams = list(self.cameras)
+        if not self.cluster:
+            add(self.r.xreadgroup(GROUP, self.name, {frames_key(c): ">" for c in cams}, count=self.batch, block=self.block_ms))
+            return entries
+        # Cluster: one key per command. A non-blocking round-robin pass...
+        start = self._rr % len(cams)
+        self._rr += 1
+        for i in range(len(cams)):
+            cam = cams[(start + i) % len(cams)]
+            add(self.r.xreadgroup(GROUP, self.name, {frames_key(cam): ">"}, count=self.batch - len(entries)))
+            if len(entries) >= self.batch:
+                return entries
+        if not entries:
+            # ...then one short blocking read, rotating over the cameras.
+            block = max(10, self.block_ms // len(cams))
+            add(self.r.xreadgroup(GROUP, self.name, {frames_key(cams[start]): ">"}, count=self.batch, block=block))
+        return entries
 
     def _reclaim(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
         self._last_claim = time.monotonic()
@@ -189,11 +286,14 @@ class Worker:
             key = frames_key(cam)
             try:
                 res = self.r.xautoclaim(key, GROUP, self.name, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch)
-            except redis.ResponseError:
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    self._ensure_group(cam)
                 continue
             for eid, fields in res[1]:
                 if fields:  # a trimmed (deleted) entry comes back empty: nothing to do
                     out.append((key, eid, fields))
+                    self._reclaimed_by_cam[cam] = self._reclaimed_by_cam.get(cam, 0) + 1
                 else:
                     self.r.xack(key, GROUP, eid)
         self.stats.reclaimed += len(out)
@@ -238,21 +338,49 @@ class Worker:
                 outputs[i][m] = o
                 per_frame_ms[i][m] = share
 
-        pipe = self.r.pipeline(transaction=False)
+        # One MULTI/EXEC per camera on a cluster (one slot each), one for all on a single server:
+        # a record exists iff its frame is acked and deleted.
+        pipes: dict[str, Any] = {}
+
+        def pipe_for(cam: str) -> Any:
+            k = cam if self.cluster else ""
+            if k not in pipes:
+                pipes[k] = self.r.pipeline(transaction=True)
+            return pipes[k]
+
+        counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for i, (key, eid, msg) in enumerate(frames):
+            cam = key[len("frames:{") : -1]
             cs = self.cameras.get(msg.camera)
             models = cs.models if cs else []
+            self.policy.observe(msg.camera, msg, outputs[i])
             others = [m for m in models if m not in outputs[i]]
             filled = self.policy.fill(msg.camera, msg, outputs[i], others) if others else {}
             rec = self.build_record(msg, models, outputs[i], filled, per_frame_ms[i], t_read)
             maxlen = cs.results_max_len if cs else 100_000
-            pipe.xadd(results_key(msg.camera), {"frame": msg.frame, "json": json.dumps(rec, separators=(",", ":"))}, maxlen=maxlen, approximate=True)
+            pipe = pipe_for(cam)
+            # The record goes to the stream the frame came from (same slot as the frame).
+            pipe.xadd(results_key(cam), {"frame": msg.frame, "json": json.dumps(rec, separators=(",", ":"))}, maxlen=maxlen, approximate=True)
             pipe.xack(key, GROUP, eid)
             pipe.xdel(key, eid)
+            c = counts[cam]
+            c["processed"] += 1
+            for m, o in rec["outputs"].items():
+                c[count_origin(o["origin"], m)] += 1
         for key, eid in done_bad:
+            cam = key[len("frames:{") : -1]
+            pipe = pipe_for(cam)
             pipe.xack(key, GROUP, eid)
             pipe.xdel(key, eid)
-        pipe.execute()
+            counts[cam]["bad_frames"] += 1
+        for cam, c in counts.items():
+            if reclaimed_n := self._reclaimed_by_cam.pop(cam, 0):
+                c["reclaimed"] += reclaimed_n
+            pipe = pipe_for(cam)
+            for f, n in c.items():
+                pipe.hincrby(metrics_key(cam), f, n)
+        for pipe in pipes.values():
+            pipe.execute()
         self.stats.frames += len(frames)
 
     def build_record(
@@ -318,7 +446,12 @@ def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_
     return 0
 
 
-def make_frame_policy(name: str, r: redis.Redis | None = None) -> FramePolicy:
-    if name == "all":
+def make_frame_policy(name: str, r: redis.Redis | None = None, **options: Any) -> FramePolicy:
+    """Policy by name; the budgeted ones live in :mod:`stages.policy_runtime`."""
+    if name == "all" and not options.get("budget"):
         return AllPolicy()
-    raise UserError(f"unknown policy {name!r} (available: all)")
+    try:
+        from stages.policy_runtime import make_runtime_policy
+    except ImportError:
+        raise UserError(f"unknown policy {name!r} (available: all)") from None
+    return make_runtime_policy(name, r, **options)

@@ -13,7 +13,7 @@ from pipeline.errors import UserError
 from stages.profiler import profile_videos
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-GIF = VIDEOS / "intel_preview_people-detection.gif"
+GIF = VIDEOS / "intel_preview_store-aisle-detection.gif"
 CHEAP = ["haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
 
 

@@ -1,0 +1,1 @@
+"""The mlink framework: config, Redis, codecs, model zoo, CLI, supervisor."""

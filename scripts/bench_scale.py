@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Scale-out benchmark: processed frames/s with 1, 2, ... scheduler workers.
+
+Frames of a real video are decoded and JPEG-encoded once up front, so the
+decoder is not what is measured. For each worker count the script starts the
+workers (separate processes, like ``mlink worker`` on other hosts), waits until
+every one of them has joined the consumer group (models loaded), then XADDs the
+frames and times until every frame has a record. Each worker runs its models
+single-threaded (``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``): one
+worker per core is the deployment shape for scale-out, and otherwise a single
+worker would already use both cores through OpenCV's thread pool. The last row
+shows one worker with OpenCV's default threading for comparison.
+
+    .venv/bin/python scripts/bench_scale.py                  # embedded redis, 240 frames
+    .venv/bin/python scripts/bench_scale.py --redis redis://127.0.0.1:6379/14 --frames 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "intel_one-by-one-person-detection.mp4"
+DEFAULT_MODELS = ["hog_people", "haar_full_body", "mog2_motion"]
+
+
+def _worker(url: str, camera_batch: int, single_thread: bool, stop_evt: "mp.synchronize.Event") -> None:
+    import cv2
+
+    if single_thread:
+        cv2.setNumThreads(1)
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:
+            pass
+    from pipeline.redis_conn import connect
+    from stages.scheduler import Worker
+
+    r = connect(url)
+    Worker(r, batch=camera_batch, block_ms=50, claim_idle_ms=60_000, should_stop=stop_evt.is_set).run()
+
+
+def run_once(url: str, frames: list[dict], models: list[str], workers: int, batch: int, single_thread: bool, progress: bool) -> dict:
+    from pipeline.config import parse_config
+    from pipeline.redis_conn import connect
+    from pipeline.streams import GROUP, frames_key, results_key
+    from stages.decoder import prepare_camera, register_camera
+
+    cam = f"bench{workers}{'s' if single_thread else 'm'}"
+    r = connect(url)
+    for k in r.smembers("mlink:cameras"):
+        r.srem("mlink:cameras", k)
+    cfg = parse_config({"cameras": {cam: {"source": str(DEFAULT_VIDEO), "models": models}}})
+    prepare_camera(r, cam, fresh=True)
+    register_camera(r, cfg.cameras[cam])
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_worker, args=(url, batch, single_thread, stop), daemon=True) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 120
+    while len(r.xinfo_consumers(frames_key(cam), GROUP)) < workers:  # joined = models loaded, reading
+        if time.monotonic() > deadline:
+            raise SystemExit("workers did not start")
+        time.sleep(0.05)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(frames), unit="frame", desc=f"{workers} worker{'s' if workers > 1 else ''}", file=sys.stderr, leave=False)
+    t0 = time.monotonic()
+    pipe = r.pipeline(transaction=False)
+    for i, f in enumerate(frames):
+        pipe.xadd(frames_key(cam), {**f, "camera": cam, "frame": i, "wall": f"{time.time():.6f}"})
+    pipe.execute()
+    done = 0
+    while done < len(frames):
+        n = r.xlen(results_key(cam))
+        if bar is not None:
+            bar.update(n - done)
+        done = n
+        if time.monotonic() - t0 > 600:
+            raise SystemExit("benchmark timed out")
+        time.sleep(0.02)
+    wall = time.monotonic() - t0
+    if bar is not None:
+        bar.close()
+    stop.set()
+    for p in procs:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+    recs = [json.loads(x[b"json"]) for _, x in r.xrange(results_key(cam))]
+    per_worker: dict[str, int] = {}
+    for rec in recs:
+        per_worker[rec["worker"]] = per_worker.get(rec["worker"], 0) + 1
+    model_ms = sum(rec["latency_ms"]["models"] for rec in recs) / len(recs)
+    for k in (frames_key(cam), results_key(cam), f"status:{{{cam}}}", f"camera:{{{cam}}}", f"metrics:{{{cam}}}"):
+        r.delete(k)
+    r.srem("mlink:cameras", cam)
+    return {"workers": workers, "threads": "1/worker" if single_thread else "default", "frames": len(frames),
+            "wall_s": wall, "fps": len(frames) / wall, "model_ms": model_ms, "split": sorted(per_worker.values(), reverse=True)}
+
+
+def load_frames(video: Path, n: int, width: int) -> list[dict]:
+    from pipeline.streams import FrameMsg, encode_frame
+    from pipeline.video import iter_frames
+
+    out = []
+    for vf in iter_frames(video, resize=width):
+        h, w = vf.image.shape[:2]
+        out.append(encode_frame(FrameMsg("x", vf.index, vf.pts, vf.pts, time.time(), w, h, vf.image)))
+        if len(out) >= n:
+            break
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--redis", help="redis URL (default: an embedded private server)")
+    ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    ap.add_argument("--frames", type=int, default=240)
+    ap.add_argument("--width", type=int, default=640, help="frame width sent to the models")
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--workers", default="1,2", help="worker counts to measure")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from pipeline.redis_conn import EmbeddedRedis
+
+    emb = None
+    url = a.redis
+    if not url:
+        emb = EmbeddedRedis(publish=False).start()
+        url = emb.url
+    try:
+        frames = load_frames(a.video, a.frames, a.width)
+        models = a.models.split(",")
+        print(f"{len(frames)} frames of {a.video.name} at width {a.width}; models {models}; {os.cpu_count()} CPU cores", file=sys.stderr)
+        rows = [run_once(url, frames, models, int(n), a.batch, True, not a.no_progress) for n in a.workers.split(",")]
+        rows.append(run_once(url, frames, models, 1, a.batch, False, not a.no_progress))
+    finally:
+        if emb is not None:
+            emb.stop()
+    base = rows[0]["fps"]
+    print(f"{'workers':>7s} {'threads':>9s} {'frames':>6s} {'wall s':>7s} {'fps':>7s} {'speedup':>7s} {'model ms/frame':>14s}  split")
+    for row in rows:
+        print(f"{row['workers']:7d} {row['threads']:>9s} {row['frames']:6d} {row['wall_s']:7.2f} {row['fps']:7.2f} "
+              f"{row['fps'] / base:6.2f}x {row['model_ms']:14.1f}  {row['split']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

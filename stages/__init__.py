@@ -1,0 +1,1 @@
+"""Pipeline stages: the processes that move data (decoder, scheduler, profiler)."""
