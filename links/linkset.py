@@ -10,7 +10,9 @@ Saved form (``LinkSet.to_bytes`` / ``save``): one ``.npz`` (no pickles) with a
 ``__meta__`` JSON entry ``{"format": "mlink-links", "format_version": 1, "version",
 "temporal", "models", "views", "sources", "sample_counts", "options"}`` and the
 arrays ``pair/<target>/<W1|b1|W2|b2>``, ``ens/<target>/<w|z0|C1|c1|C2|c2>``,
-``prior/<target>`` (the prior's encoded view). ``save(DIR)`` writes
+``prior/<target>`` (the prior's encoded view) and, optional (older files lack them:
+no gate), ``gate/<target>/<tau|hold_acc>`` (the temporal gate per age bucket, see
+:meth:`LinkSet._fit_gate`). ``save(DIR)`` writes
 ``DIR/links.npz`` plus a human-readable ``DIR/links.json`` copy of the metadata.
 """
 
@@ -39,6 +41,22 @@ FORMAT = "mlink-links"
 FORMAT_VERSION = 1
 _PAIR_KEYS = ("W1", "b1", "W2", "b2")
 _ENS_KEYS = ("w", "wa", "z0", "C1", "c1", "C2", "c2")
+_GATE_KEYS = ("tau", "hold_acc")  # optional (format 1 files lack them: no gate, always the ensemble)
+# Age buckets of the temporal gate: ages 1, 2, 3-4, 5-8, 9-16, 17+ frames.
+AGE_EDGES = np.array([1, 2, 3, 5, 9, 17])
+N_BUCKETS = len(AGE_EDGES)
+TAU_GRID = np.array([0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01])
+VAL_FRAC = 0.2  # the last 20 % (in time) of the training samples choose the temporal gate
+
+
+def age_bucket(age: np.ndarray | int) -> np.ndarray:
+    """Gate bucket of held outputs ``age`` frames old (0..N_BUCKETS-1)."""
+    return np.clip(np.searchsorted(AGE_EDGES, np.asarray(age), side="right") - 1, 0, N_BUCKETS - 1)
+
+
+def default_gate() -> dict[str, np.ndarray]:
+    """No gate: the temporal ensemble always decides (tau 0); hold-last confidence unknown (0.5)."""
+    return {"tau": np.zeros(N_BUCKETS, np.float32), "hold_acc": np.full(N_BUCKETS, 0.5, np.float32)}
 
 
 @dataclass
@@ -107,6 +125,7 @@ class LinkSet:
         version: int = 1,
         sample_counts: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
+        gates: dict[str, dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.views = views
         self.view = {v.meta.name: v for v in views}
@@ -115,7 +134,13 @@ class LinkSet:
         self.version = version
         self.sample_counts = dict(sample_counts or {})
         self.options = dict(options or {})
+        self.gates: dict[str, dict[str, np.ndarray]] = {j: default_gate() for j in (v.meta.name for v in views)}
+        if gates:
+            self.gates.update(gates)
         self._fast: dict[str, Any] | None = None
+        self._plans: dict[Any, tuple[Any, ...]] = {}
+        self._est_cache: dict[Any, float] = {}
+        self._est_token = object()  # marks samples whose estimates are cached (reset by training)
         self._src_dims = {j: [self.view[s].dim for s in self.sources(j)] for j in self.names}
 
     # ------------------------------------------------------------ basics
@@ -212,6 +237,9 @@ class LinkSet:
         from tqdm import tqdm
 
         folds = _time_folds(samples) if oof and len(samples) >= 20 else None
+        # The temporal gate is chosen on the last VAL_FRAC (in time) of the samples, with
+        # the ensemble trained on the rest and out-of-fold link heads (so both are honest).
+        val = _time_tail(samples, VAL_FRAC) if (self.temporal and folds is not None and len(samples) >= 40) else None
 
         batch = int(self.options.get("batch", 64))
         dropout = float(self.options.get("dropout", 0.0))
@@ -248,6 +276,7 @@ class LinkSet:
                 bar.update(1)
                 if not (oof and folds is not None):
                     zs = np.stack([nets.pair_forward(p, s, X[name]) for s, name in enumerate(srcs)])
+                rows = np.flatnonzero(~val) if val is not None else None
                 nets.train_ensemble(
                     self.ens[j],
                     v,
@@ -263,10 +292,87 @@ class LinkSet:
                     batch=batch,
                     dropout=ens_dropout,
                     seed=seed * 1000 + 500 + ti,
+                    rows=rows,
                 )
+                if val is not None and held_idx is not None and held_age is not None:
+                    self.gates[j] = self._fit_gate(samples, j, X, zs, np.flatnonzero(val), held_idx, held_age, seed=seed * 1000 + 900 + ti)
+                elif j not in self.gates:
+                    self.gates[j] = default_gate()
                 bar.update(1)
         bar.close()
         self._fast = None
+        self._plans = {}
+        self._est_cache = {}
+        self._est_token = object()
+
+    def _fit_gate(
+        self,
+        samples: AlignedSamples,
+        j: str,
+        X: dict[str, np.ndarray],
+        zs: np.ndarray,
+        vrows: np.ndarray,
+        held_idx: np.ndarray,
+        held_age: np.ndarray,
+        *,
+        seed: int,
+        n_subsets: int = 3,
+    ) -> dict[str, np.ndarray]:
+        """Per age bucket, the confidence below which the held output beats the temporal ensemble.
+
+        On the validation rows, for held outputs 1..MAX_AGE frames old and for all sources plus
+        ``n_subsets`` random source subsets: the ensemble's prediction is kept where its
+        confidence is >= tau, else the held output is used; tau (from TAU_GRID, 1.01 = always
+        hold) maximises validation accuracy (ties go to the larger tau, i.e. hold-last).
+        ``hold_acc`` = validation accuracy of the held output per bucket (its confidence).
+        """
+        v = self.view[j]
+        srcs = self.sources(j)
+        S = len(srcs)
+        rng = np.random.default_rng(seed)
+        A = held_idx.shape[1]
+        r = np.repeat(vrows, A)
+        hi = held_idx[vrows].reshape(-1)
+        ha = held_age[vrows].reshape(-1)
+        ok = hi >= 0
+        r, hi, ha = r[ok], hi[ok], ha[ok]
+        gate = default_gate()
+        if not len(r):
+            return gate
+        enc = encoded(samples, v)
+        true = {k: a[r] for k, a in self.true_fields(samples, j).items()}
+        hold_f = {k: a[hi] for k, a in self.true_fields(samples, j).items()}
+        hold_ok = correct(v.kind, hold_f, true).astype(np.float64)
+        masks = [np.ones((len(r), S), np.float32)]
+        for _ in range(n_subsets):
+            keep = rng.random((len(r), 1))
+            masks.append((rng.random((len(r), S)) < keep).astype(np.float32))
+        bucket = age_bucket(ha)
+        conf_l, ens_ok_l = [], []
+        for m in masks:
+            heads = nets.ens_forward(
+                self.ens[j], [X[n][r] for n in srcs], [zs[s, r] for s in range(S)], len(r),
+                held=X[j][hi], held_z=v.held_head(enc[hi]), age=ha.astype(np.float32), temporal=True,
+                src_dims=self._src_dims[j], target_dim=v.dim, mask=m,
+            )
+            f = v.head_fields(heads)
+            conf_l.append(f["confidence"])
+            ens_ok_l.append(correct(v.kind, f, true).astype(np.float64))
+        conf = np.concatenate(conf_l)
+        ens_ok = np.concatenate(ens_ok_l)
+        hok = np.tile(hold_ok, len(masks))
+        bk = np.tile(bucket, len(masks))
+        last_tau, last_acc = 0.0, 0.5
+        for b in range(N_BUCKETS):
+            sel = bk == b
+            if not sel.any():
+                gate["tau"][b], gate["hold_acc"][b] = last_tau, last_acc
+                continue
+            accs = [np.mean(np.where(conf[sel] < t, hok[sel], ens_ok[sel])) for t in TAU_GRID]
+            best = max(range(len(TAU_GRID)), key=lambda k: (round(accs[k], 9), TAU_GRID[k]))
+            last_tau, last_acc = float(TAU_GRID[best]), float(hok[sel].mean())
+            gate["tau"][b], gate["hold_acc"][b] = last_tau, last_acc
+        return gate
 
     # ------------------------------------------------------------ inference
     def _fast_tables(self) -> dict[str, Any]:
@@ -297,6 +403,31 @@ class LinkSet:
             self._fast = fast
         return self._fast
 
+    def _plan(self, j: str, present: frozenset[str]) -> tuple[Any, ...]:
+        """Per (target, executed subset): everything of the ensemble that does not depend on the frame."""
+        key = (j, present)
+        plan = self._plans.get(key)
+        if plan is None:
+            e = self.ens[j]
+            srcs = self.sources(j)
+            S, H = len(srcs), e["z0"].shape[0]
+            slots = [s for s, n in enumerate(srcs) if n in present]
+            names = [srcs[s] for s in slots]
+            C1 = e["C1"]
+            C1z = np.concatenate([C1[s * H : (s + 1) * H] for s in slots], axis=0) if slots else np.zeros((0, C1.shape[1]), np.float32)
+            c1 = e["c1"] + C1[[S * H + s for s in slots]].sum(axis=0)
+            w = e["w"]
+            logits = w[slots + [S]]  # present sources + the prior pseudo-source
+            lz = np.concatenate([logits, w[S + 1][None]], axis=0)
+            o = S * H + S
+            D = self.view[j].dim
+            hx_rows, hm_row, ag_rows = C1[o : o + D], C1[o + D], C1[o + D + 1 : o + D + 1 + nets.N_AGE]
+            ex = np.exp(logits - logits.max(axis=0))
+            a_nohold = (ex / ex.sum(axis=0)).astype(np.float32)
+            plan = (names, C1z, c1.astype(np.float32), a_nohold, lz, hx_rows, hm_row, ag_rows)
+            self._plans[key] = plan
+        return plan
+
     def derive(
         self,
         executed: dict[str, ModelOutput],
@@ -306,19 +437,24 @@ class LinkSet:
         """Each target's output from the executed models (any subset) and held outputs.
 
         ``held[target] = (its last executed output, age in frames)``. Executed targets
-        pass through with confidence 1. Unknown executed models are ignored.
+        pass through with confidence 1. Unknown executed models are ignored. With temporal
+        links, a held output whose age bucket's gate says so (the ensemble's confidence is
+        below the gate's tau) is returned itself (``via == ("held",)``, confidence = the
+        held output's validation accuracy at that age).
         """
         fast = self._fast_tables()
-        xs: dict[str, np.ndarray] = {}
         zall: dict[str, np.ndarray] = {}
         for name, o in executed.items():
             v = self.view.get(name)
             if v is None:
                 continue
             x = v.standardise(v.encode(o)[None])
-            xs[name] = x
             W1, b1, W2, b2, _ = fast[name]
-            zall[name] = nets.relu(x @ W1 + b1) @ W2 + b2
+            h = x @ W1
+            h += b1
+            np.maximum(h, 0.0, out=h)
+            zall[name] = (h @ W2 + b2)[0]
+        present = frozenset(zall)
         res: dict[str, Derived] = {}
         for j in targets:
             v = self.view.get(j)
@@ -327,32 +463,40 @@ class LinkSet:
             if j in executed:
                 res[j] = Derived(executed[j], 1.0, (j,))
                 continue
-            srcs = self.sources(j)
-            xl: list[np.ndarray | None] = []
-            zl: list[np.ndarray | None] = []
-            via = []
-            for s in srcs:
-                if s in xs:
-                    a, b = fast[s][4][j]
-                    xl.append(xs[s])
-                    zl.append(zall[s][:, a:b])
-                    via.append(s)
-                else:
-                    xl.append(None)
-                    zl.append(None)
-            hx = hz = age = None
+            names, C1z, c1, a_nohold, lz, hx_rows, hm_row, ag_rows = self._plan(j, present)
+            e = self.ens[j]
+            zs = [zall[n][slice(*fast[n][4][j])] for n in names]
+            via: tuple[str, ...] = tuple(names)
+            hage = None
             if self.temporal and held and j in held:
                 ho, hage = held[j]
                 hv = v.encode(ho)[None]
-                hx = v.standardise(hv)
-                hz = v.held_head(hv)
-                age = np.array([hage], np.float32)
-                via.append("held")
-            head = nets.ens_forward(
-                self.ens[j], xl, zl, 1, held=hx, held_z=hz, age=age, temporal=self.temporal, src_dims=self._src_dims[j], target_dim=v.dim
-            )
-            out, conf = v.decode(head)[0]
-            res[j] = Derived(out, conf, tuple(via) or ("prior",))
+                ag = nets.age_features(np.array([hage], np.float32))[0]
+                lz2 = lz.copy()
+                lz2[-1] += ag @ e["wa"]
+                ex_ = np.exp(lz2 - lz2.max(axis=0))
+                a = ex_ / ex_.sum(axis=0)
+                base = a[-2] * e["z0"] + a[-1] * v.held_head(hv)[0]
+                pre = c1 + v.standardise(hv)[0] @ hx_rows + hm_row + ag @ ag_rows
+                via = via + ("held",)
+            else:
+                a = a_nohold
+                base = a[-1] * e["z0"]
+                pre = c1
+            if zs:
+                zc = np.concatenate(zs)
+                pre = pre + zc @ C1z
+                base = base + (a[: len(zs)] * np.stack(zs)).sum(axis=0)
+            head = base + np.maximum(pre, 0.0) @ e["C2"] + e["c2"]
+            out, conf = v.decode(head[None])[0]
+            if hage is not None:
+                g = self.gates.get(j)
+                if g is not None:
+                    bk = int(age_bucket(hage))
+                    if conf < g["tau"][bk]:
+                        res[j] = Derived(held[j][0], float(g["hold_acc"][bk]), ("held",))  # type: ignore[index]
+                        continue
+            res[j] = Derived(out, conf, via or ("prior",))
         return res
 
     def prior_output(self, target: str) -> ModelOutput:
@@ -398,8 +542,43 @@ class LinkSet:
             self.ens[target], xl, zl, n, held=hx, held_z=hz, held_mask=hm, age=ages, temporal=self.temporal, src_dims=self._src_dims[target], mask=mask, target_dim=v.dim
         )
 
+    def ensemble_fields(
+        self,
+        samples: AlignedSamples,
+        target: str,
+        executed: frozenset[str] | set[str] | Sequence[str],
+        age: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Metric fields (and ``confidence``) of what :meth:`derive` would output on every sample.
+
+        With ``age`` (and temporal links) the gate applies: where the temporal ensemble's
+        confidence is below the gate's tau for that age, the held output itself is used.
+        """
+        v = self.view[target]
+        f = v.head_fields(self.ensemble_heads(samples, target, executed, age))
+        if age is None or not self.temporal:
+            return f
+        idx, ages = held_index(samples, age)
+        g = self.gates.get(target) or default_gate()
+        b = age_bucket(ages)
+        use = (idx >= 0) & (f["confidence"] < g["tau"][b])
+        if not use.any():
+            return f
+        hf = self.true_fields(samples, target)
+        rows = np.maximum(idx, 0)
+        out = dict(f)
+        for k, a in hf.items():
+            sel = use.reshape((-1,) + (1,) * (a.ndim - 1))
+            out[k] = np.where(sel, a[rows], np.asarray(f[k], a.dtype) if f[k].shape == a.shape else f[k])
+        out["confidence"] = np.where(use, g["hold_acc"][b], f["confidence"])
+        out["held_used"] = use
+        return out
+
     def true_fields(self, samples: AlignedSamples, target: str) -> dict[str, np.ndarray]:
-        return output_fields(self.view[target], samples.outputs[target])
+        key = ("true", target)
+        if key not in samples.cache:
+            samples.cache[key] = output_fields(self.view[target], samples.outputs[target])
+        return samples.cache[key]
 
     def heads_correct(self, samples: AlignedSamples, target: str, heads: np.ndarray) -> np.ndarray:
         v = self.view[target]
@@ -425,10 +604,22 @@ class LinkSet:
         """
         if target in executed:
             return 1.0
+        ex = frozenset(executed)
+        key = (id(samples), len(samples), ex, target, age)
+        hit = self._est_cache.get(key)
+        if hit is not None and samples.cache.get(("linkset-est", id(self))) is self._est_token:
+            return hit
         self._check_samples(samples)
         if not len(samples):
             return float("nan")
-        return float(self.heads_correct(samples, target, self.ensemble_heads(samples, target, executed, age)).mean())
+        v = self.view[target]
+        acc = float(correct(v.kind, self.ensemble_fields(samples, target, ex, age), self.true_fields(samples, target)).mean())
+        if samples.cache.get(("linkset-est", id(self))) is not self._est_token:
+            # new samples object (or its cache was cleared by an append): start afresh
+            self._est_cache = {}
+            samples.cache[("linkset-est", id(self))] = self._est_token
+        self._est_cache[key] = acc
+        return acc
 
     # ------------------------------------------------------------ adaptation
     def finetune(self, samples: AlignedSamples, *, epochs: int = 20, lr: float = 0.01, progress: bool = False, seed: int | None = None) -> None:
@@ -492,6 +683,8 @@ class LinkSet:
             for k in _ENS_KEYS:
                 arrs[f"ens/{j}/{k}"] = self.ens[j][k]
             arrs[f"prior/{j}"] = self.priors[j]
+            for k in _GATE_KEYS:
+                arrs[f"gate/{j}/{k}"] = np.asarray(self.gates.get(j, default_gate())[k], np.float32)
         buf = io.BytesIO()
         np.savez(buf, **arrs)
         return buf.getvalue()
@@ -525,6 +718,7 @@ class LinkSet:
             temporal = bool(meta["temporal"])
             names = [v.meta.name for v in views]
             pairs, ens, priors = {}, {}, {}
+            gates: dict[str, dict[str, np.ndarray]] = {}
             for v in views:
                 j = v.meta.name
                 srcs = [n for n in names if n != j]
@@ -546,6 +740,12 @@ class LinkSet:
                     if e[k].shape != shp:
                         raise ValueError(f"array ens/{j}/{k} has shape {e[k].shape}, expected {shp}")
                 ens[j] = e
+                if all(f"gate/{j}/{k}" in z.files for k in _GATE_KEYS):
+                    g = {k: np.asarray(z[f"gate/{j}/{k}"], np.float32) for k in _GATE_KEYS}
+                    for k, a in g.items():
+                        if a.shape != (N_BUCKETS,) or not np.all(np.isfinite(a)):
+                            raise ValueError(f"array gate/{j}/{k} has shape {a.shape} or non-finite values, expected ({N_BUCKETS},)")
+                    gates[j] = g
                 priors[j] = np.asarray(z[f"prior/{j}"], np.float32)
                 if priors[j].shape != (v.dim,):
                     raise ValueError(f"array prior/{j} has shape {priors[j].shape}")
@@ -559,7 +759,7 @@ class LinkSet:
         except (ValueError, TypeError) as exc:
             raise UserError(f"{where}: corrupt or mismatched links file: {exc}") from None
         return cls(
-            views, pairs, ens, priors, temporal=temporal, version=int(meta.get("version", 1)), sample_counts=meta.get("sample_counts"), options=meta.get("options")
+            views, pairs, ens, priors, temporal=temporal, version=int(meta.get("version", 1)), sample_counts=meta.get("sample_counts"), options=meta.get("options"), gates=gates
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -587,6 +787,18 @@ class LinkSet:
         except OSError as exc:
             raise UserError(f"{p}: cannot read: {exc.strerror or exc}") from None
         return cls.from_bytes(data, where=str(p))
+
+
+def _time_tail(samples: AlignedSamples, frac: float) -> np.ndarray:
+    """True for the last ``frac`` (by frame) of each camera's samples."""
+    tail = np.zeros(len(samples), bool)
+    for cam in samples.cameras():
+        rows = np.flatnonzero(samples.camera == cam)
+        rows = rows[np.argsort(samples.frame[rows], kind="stable")]
+        k = int(round(len(rows) * frac))
+        if k:
+            tail[rows[len(rows) - k :]] = True
+    return tail
 
 
 def _time_folds(samples: AlignedSamples) -> np.ndarray:

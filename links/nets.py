@@ -242,6 +242,7 @@ def train_ensemble(
     seed: int,
     p_held: float = 0.6,
     weight_decay: float = 1e-4,
+    rows: np.ndarray | None = None,
 ) -> float:
     """Train one target's ensemble in place with random source masks (and held outputs).
 
@@ -265,9 +266,10 @@ def train_ensemble(
         HZ = torch.from_numpy(np.ascontiguousarray(held_z, np.float32))
     opt = torch.optim.Adam(P.values(), lr=lr, weight_decay=weight_decay)
     last = 0.0
+    pool = np.arange(n) if rows is None or not len(rows) else np.asarray(rows, np.int64)
     for _ in range(epochs):
-        perm = rng.permutation(n)
-        for b0 in range(0, n, batch):
+        perm = rng.permutation(pool)
+        for b0 in range(0, len(perm), batch):
             idx = perm[b0 : b0 + batch]
             B = len(idx)
             keep = rng.random((B, 1))

@@ -7,7 +7,9 @@ prior          the target's most common value in training, every frame
 hold-last(k)   the target's own output k frames earlier (the prior where there is none)
 best single    the best one-source link i -> j (the source is named)
 ensemble       the ensemble of all other models (none of them is the target)
-ens+temporal   the same plus the target's own output k frames earlier
+ens+temporal   the same plus the target's own output k frames earlier, through the
+               temporal gate (the held output itself where the gate prefers it), i.e.
+               exactly what ``LinkSet.derive`` returns
 closed         (ens+temporal - prior) / (1 - prior): the share of the prior's error closed
 dominance      share of test frames holding the single most common value (for scalars:
                within tolerance of the median); targets with dominance >= 0.9 are easy
@@ -73,9 +75,8 @@ def evaluate(ls: LinkSet, test: AlignedSamples, k: int = 4) -> list[dict[str, An
         prior = _prior_fields(ls, j, n)
         hold = {key: np.where((hidx >= 0).reshape((-1,) + (1,) * (a.ndim - 1)), a[np.maximum(hidx, 0)], prior[key]) for key, a in true.items()}
         others = frozenset(ls.sources(j))
-        ens_h = ls.ensemble_heads(test, j, others)
-        enst_h = ls.ensemble_heads(test, j, others, age=k) if ls.temporal else ens_h
-        ens_f, enst_f = v.head_fields(ens_h), v.head_fields(enst_h)
+        ens_f = ls.ensemble_fields(test, j, others)
+        enst_f = ls.ensemble_fields(test, j, others, age=k) if ls.temporal else ens_f
         col = P[:, jj].copy()
         col[jj] = -1
         best = int(np.argmax(col))

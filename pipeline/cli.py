@@ -105,8 +105,11 @@ def _pipeline_session(cfg: Any, redis_url: str, *, fresh: bool, workers: int | N
     from stages.decoder import prepare_camera
     from stages.scheduler import make_frame_policy
 
-    make_frame_policy(policy or cfg.scheduler.policy)  # unknown policy -> error before anything starts
     r = connect(redis_url)
+    policy = policy or cfg.scheduler.runtime_options()
+    make_frame_policy(policy)  # unknown policy -> error before anything starts
+    if cfg.scheduler.policy != "all":
+        prepare_costs(cfg, r, check_budget=True)
     cams = list(cfg.cameras)
     for c in cams:
         prepare_camera(r, c, fresh=fresh)
@@ -191,14 +194,63 @@ def _pipeline_session(cfg: Any, redis_url: str, *, fresh: bool, workers: int | N
 
 
 # ----------------------------------------------------------------- commands
+def apply_policy_args(cfg: Any, policy: str | None, budget: str | None) -> None:
+    """--policy/--budget override the config's scheduler section (validated the same way)."""
+    from pydantic import ValidationError
+
+    from pipeline.config import SchedulerConfig, _first_error
+
+    if policy is None and budget is None:
+        return
+    d = cfg.scheduler.model_dump()
+    if policy is not None:
+        d["policy"] = policy
+    if budget is not None:
+        d["budget"] = budget
+    try:
+        cfg.scheduler = SchedulerConfig(**d)
+    except ValidationError as exc:
+        raise UserError(f"--policy/--budget: {_first_error(exc)}") from None
+
+
+def prepare_costs(cfg: Any, r: Any, *, check_budget: bool) -> dict[str, Any]:
+    """Measure (or read cached) model costs on this device, publish them, check the budget."""
+    from links.budget import ModelCost, parse_budget
+    from pipeline.costs import measure_all
+    from pipeline.video import iter_frames
+    from pipeline.zoo import build_models
+    from stages.policy_runtime import store_costs
+
+    specs = {s.name: s for s in cfg.all_model_specs()}
+    cam = next(iter(cfg.cameras.values()))
+    files = cam.files(cfg.base_dir)
+    src = str(files[0]) if files else default_sample()
+    frames = []
+    for vf in iter_frames(src, resize=cam.resize):
+        if vf.index % 5 == 0:
+            frames.append(vf.image)
+        if len(frames) >= 6:
+            break
+    costs = measure_all(build_models(specs.values()), specs, frames, progress=True)
+    store_costs(r, costs)
+    if check_budget and cfg.scheduler.budget:
+        mc = {n: ModelCost(n, c.ms, c.mem_mb, c.gpu_mb) for n, c in costs.items()}
+        try:
+            parse_budget(cfg.scheduler.budget).resolve(mc).check_feasible(mc)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return costs
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(a.config)
+    apply_policy_args(cfg, a.policy, a.budget)
     _check_sources(cfg)
     with _Redis(a.redis) as url:
         show = "json" if a.json else ("quiet" if a.quiet else "compact")
-        return _pipeline_session(cfg, url, fresh=False, workers=a.workers, batch=None, policy=a.policy, out=a.out,
+        return _pipeline_session(cfg, url, fresh=False, workers=a.workers, batch=None, policy=None, out=a.out,
                                  show=show, progress_total=None, stop_when_done=True)
 
 
@@ -208,6 +260,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
     base = load_config(a.config) if a.config else None
     cfg = replay_config_from(a.videos, base, fps=a.fps)
+    apply_policy_args(cfg, a.policy, a.budget)
     _check_sources(cfg)
     total = 0
     for cam in cfg.cameras.values():
@@ -215,7 +268,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
             n = probe_frame_count(f)
             total += n or 0
     with _Redis(a.redis) as url:
-        return _pipeline_session(cfg, url, fresh=True, workers=a.workers, batch=a.batch, policy=a.policy, out=a.out,
+        return _pipeline_session(cfg, url, fresh=True, workers=a.workers, batch=a.batch, policy=None, out=a.out,
                                  show="json" if a.print else "progress", progress_total=total or None, stop_when_done=True)
 
 
@@ -353,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     s.add_argument("--redis", help="redis URL (default: an embedded private server)")
     s.add_argument("--workers", type=int, help="scheduler worker processes (default: config)")
-    s.add_argument("--policy", help="scheduling policy (default: config)")
+    s.add_argument("--policy", help="scheduling policy: all, standalone, prior, hold-last, reducto, mlink, ours (default: config)")
+    s.add_argument("--budget", help="33%% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models")
     s.add_argument("--out", type=Path, help="also write records to this JSONL file")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="print full JSON records instead of compact lines")
@@ -367,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis", help="redis URL (default: an embedded private server)")
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--batch", type=int)
-    s.add_argument("--policy")
+    s.add_argument("--policy", help="scheduling policy: all, standalone, prior, hold-last, reducto, mlink, ours")
+    s.add_argument("--budget", help="33%% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models")
     s.add_argument("--fps", type=float, help="sample to this rate (default: every frame)")
     s.add_argument("--print", action="store_true", help="print records as JSON lines instead of a progress bar")
     s.set_defaults(fn=cmd_replay)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import json
 import importlib.util
 import re
 from enum import Enum
@@ -206,7 +207,37 @@ def resolve_packaged(ref: str) -> Path:
 class SchedulerConfig(Strict):
     workers: int = Field(1, ge=1, le=64)
     batch: int = Field(8, ge=1, le=256, description="frames read per XREADGROUP and batched per model")
-    policy: str = "all"
+    policy: str = Field("all", description="all, standalone, prior, hold-last, reducto, mlink, ours")
+    budget: str | None = Field(None, description="33% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models")
+    period_frames: int = Field(300, ge=10, description="re-profile, adapt links and re-plan every this many frames")
+    profile_fraction: float = Field(0.02, gt=0, le=1, description="share of each period's frames that run all models")
+    cold_start_frames: int = Field(120, ge=8, description="frames profiled with all models before links are trained")
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            from links.budget import parse_budget
+
+            parse_budget(v)  # raises ValueError naming the bad text
+        return v
+
+    @model_validator(mode="after")
+    def _policy_ok(self) -> "SchedulerConfig":
+        from links.policies import POLICIES
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy: unknown policy {self.policy!r} (available: {', '.join(POLICIES)})")
+        if self.policy != "all" and not self.budget:
+            raise ValueError(f"budget: policy {self.policy!r} needs a budget")
+        return self
+
+    def runtime_options(self) -> str:
+        """The policy and its options as the text the scheduler workers parse."""
+        if self.policy == "all":
+            return "all"
+        return json.dumps({"name": self.policy, "budget": self.budget, "period_frames": self.period_frames,
+                           "profile_fraction": self.profile_fraction, "cold_start_frames": self.cold_start_frames})
 
 
 class Config(Strict):

@@ -188,6 +188,10 @@ class Worker:
             if s.name not in self.models:
                 self.models[s.name] = build_model(s)
                 self.model_specs[s.name] = s
+        if hasattr(self.policy, "bind"):
+            from links.samples import ModelMeta
+
+            self.policy.bind({s.name: ModelMeta.of(self.models[s.name]) for s in specs})
         self._ensure_group(cam)
         self.cameras[cam] = CameraState(cam, [s.name for s in specs], int(info.get(b"results_max_len", 100_000)))
 
@@ -448,7 +452,7 @@ def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_
 
 def make_frame_policy(name: str, r: redis.Redis | None = None, **options: Any) -> FramePolicy:
     """Policy by name; the budgeted ones live in :mod:`stages.policy_runtime`."""
-    if name == "all" and not options.get("budget"):
+    if name == "all":
         return AllPolicy()
     try:
         from stages.policy_runtime import make_runtime_policy

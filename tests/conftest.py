@@ -76,8 +76,11 @@ def _local_redis_ok() -> bool:
 
 @pytest.fixture(scope="session")
 def redis_server(mlink_home: Path) -> Iterator[str]:
-    """URL of a real server for the session: local 6379/db13, else embedded."""
-    if _local_redis_ok():
+    """URL of a real server for the session: local 6379/db13, else embedded.
+
+    ``MLINK_TEST_REDIS=embedded`` forces the embedded server even when 6379 answers.
+    """
+    if os.environ.get("MLINK_TEST_REDIS") != "embedded" and _local_redis_ok():
         yield LOCAL_REDIS
         return
     from pipeline.redis_conn import EmbeddedRedis

@@ -92,7 +92,7 @@ def test_tail_unknown_camera(redis_url: str) -> None:
 # ----------------------------------------------- run time: one camera fails
 def two_camera_run(tmp_path: Path, redis_url: str, good: Path, bad_source: str, **bad_settings: object):
     cfg = write_config(tmp_path / "two.yaml", {
-        "defaults": {"models": CHEAP_MODELS, "mode": "replay"},
+        "defaults": {"models": CHEAP_MODELS, "mode": "replay", "resize": 240},
         "cameras": {"good": {"source": str(good)}, "bad": {"source": bad_source, **bad_settings}},
     })
     out = tmp_path / "r.jsonl"

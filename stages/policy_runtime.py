@@ -1,0 +1,332 @@
+"""Budgeted frame policies inside the scheduler: cold start, links, periods, adaptation.
+
+This adapts the pure planners of :mod:`links.policies` to the scheduler's
+per-frame :class:`stages.scheduler.FramePolicy` protocol. Per camera:
+
+1. Cold start: every model runs on every frame until ``cold_start_frames``
+   aligned samples exist (these frames are the profiling sample).
+2. Links are trained on them (first 75%; the last 25% score the links and feed
+   the planner's accuracy estimates, then the links are fine-tuned on them too),
+   stored in Redis (``links:{cam}``, versioned) so every worker on every host
+   uses the same links, and the policy plans execution rates under the budget.
+3. Budgeted: per frame, the plan (or the Reducto gate) says which models run;
+   the others are filled by the plan's fill rule (links + the target's own
+   last output, held value, prior, or missing).
+4. Every ``period_frames`` frames a small fraction of frames runs all models;
+   at the end of the period the links are scored and fine-tuned on those fresh
+   samples (uncertain frames first) and the plan is re-made.
+
+Held outputs (temporal context) are per worker: with several workers on one
+camera each sees only its share of frames, so their held values are older.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+
+from links.budget import ModelCost, ResolvedBudget, parse_budget
+from links.policies import POLICIES, Plan, PlanInputs, ReductoGate, Reselector, frame_difference, make_policy, thumbnail
+from pipeline.errors import UserError
+from pipeline.outputs import ModelOutput, Origin
+from pipeline.streams import FrameMsg
+
+COSTS_KEY = "mlink:costs"  # hash model -> JSON ModelCost, measured by the command that starts the pipeline
+
+
+def links_key(cam: str) -> str:
+    return f"links:{{{cam}}}"
+
+
+@dataclass
+class RuntimeOptions:
+    name: str
+    budget: str | None = None
+    period_frames: int = 300
+    profile_fraction: float = 0.02
+    cold_start_frames: int = 120
+    epochs: int = 30
+    seed: int = 0
+    adapt: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> "RuntimeOptions":
+        """``name`` or a JSON object with these fields (how the supervisor passes options)."""
+        if text.strip().startswith("{"):
+            d = json.loads(text)
+            return cls(**d)
+        return cls(name=text)
+
+    def to_text(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+@dataclass
+class CamState:
+    models: list[str]
+    phase: str = "cold"  # cold -> budgeted
+    samples: Any = None  # AlignedSamples being collected (cold start, or this period's profiling frames)
+    linkset: Any = None
+    link_version: int = -1
+    plan: Plan | None = None
+    reselector: Reselector | None = None
+    prof_frames: set[int] = field(default_factory=set)
+    last: dict[str, tuple[ModelOutput, int]] = field(default_factory=dict)
+    gate: ReductoGate | None = None
+    prev_thumb: np.ndarray | None = None
+    diffs: list[float] = field(default_factory=list)
+    plans_made: int = 0
+    adapted: int = 0
+
+
+def load_costs(r: redis.Redis | None, models: list[str]) -> dict[str, ModelCost] | None:
+    if r is None:
+        return None
+    raw = r.hgetall(COSTS_KEY)
+    costs = {}
+    for m in models:
+        v = raw.get(m.encode())
+        if v is None:
+            return None
+        d = json.loads(v)
+        costs[m] = ModelCost(m, float(d["ms"]), float(d.get("mem_mb", 0.0)), float(d.get("gpu_mb", 0.0)))
+    return costs
+
+
+def store_costs(r: redis.Redis, costs: dict[str, Any]) -> None:
+    r.hset(COSTS_KEY, mapping={m: json.dumps({"ms": c.ms, "mem_mb": c.mem_mb, "gpu_mb": c.gpu_mb}) for m, c in costs.items()})
+
+
+class RuntimePolicy:
+    """A budgeted policy (any name in :data:`links.policies.POLICIES` but ``all``)."""
+
+    def __init__(self, opts: RuntimeOptions, r: redis.Redis | None = None, metas: dict[str, Any] | None = None) -> None:
+        if opts.name not in POLICIES:
+            raise UserError(f"unknown policy {opts.name!r} (available: {', '.join(POLICIES)})")
+        if opts.name != "all" and not opts.budget:
+            raise UserError(f"policy {opts.name}: needs a budget (--budget 33% | 120ms | 4096MB | gpu:4096MB | 3models)")
+        try:
+            self.budget = parse_budget(opts.budget) if opts.budget else None
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.name = opts.name
+        self.opts = opts
+        self.r = r
+        self.planner = make_policy(opts.name)
+        self.cams: dict[str, CamState] = {}
+        self.metas = metas or {}  # model name -> ModelMeta, set by the worker via bind()
+
+    # The worker tells us each model's kind/classes (needed for aligned samples).
+    def bind(self, metas: dict[str, Any]) -> None:
+        self.metas.update(metas)
+
+    # ------------------------------------------------------------ protocol
+    def decide(self, camera: str, frame: FrameMsg, models: list[str]) -> set[str]:
+        st = self.cams.get(camera)
+        if st is None:
+            st = self.cams[camera] = CamState(list(models))
+        if self.name == "reducto":
+            th = thumbnail(frame.image)
+            st.diffs.append(0.0 if st.prev_thumb is None else frame_difference(th, st.prev_thumb))
+            st.prev_thumb = th
+        if st.phase == "cold":
+            self._maybe_load_shared(camera, st)
+            if st.phase == "cold":
+                return set(models)
+        assert st.plan is not None and st.reselector is not None
+        if st.reselector.due(frame.frame):
+            self._new_period(camera, st, frame.frame)
+        if frame.frame in st.prof_frames:
+            if st.gate is not None:
+                st.gate.step(st.diffs[-1])  # keep the gate's accumulators in step
+            return set(models)
+        if st.gate is not None:
+            return set(st.gate.step(st.diffs[-1]))
+        return set(st.plan.executed_at(frame.frame))
+
+    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+        st = self.cams[camera]
+        for m, out in executed.items():
+            st.last[m] = (out, frame.frame)
+        if len(executed) == len(st.models) and st.models:
+            if st.samples is None:
+                st.samples = self._new_samples(st.models)
+            st.samples.append(camera, frame.frame, frame.pts, executed)
+            if st.phase == "cold" and len(st.samples) >= self.opts.cold_start_frames:
+                self._train_and_plan(camera, st, frame.frame)
+
+    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Any]:
+        from stages.scheduler import Filled
+
+        st = self.cams[camera]
+        fill = st.plan.fill if st.plan is not None else "missing"
+        out: dict[str, Filled] = {}
+        if fill == "link" and st.linkset is not None:
+            held = {m: (st.last[m][0], frame.frame - st.last[m][1]) for m in others if m in st.last}
+            for m, d in st.linkset.derive(executed, others, held=held).items():
+                out[m] = Filled(Origin.LINKED, d.output, tuple(d.via), d.confidence)
+            return out
+        for m in others:
+            if fill in ("hold", "reducto") and m in st.last:
+                out[m] = Filled(Origin.HELD, st.last[m][0], (m,), None)
+            elif fill == "prior" and st.linkset is not None:
+                out[m] = Filled(Origin.LINKED, st.linkset.prior_output(m), ("prior",), None)
+            else:
+                out[m] = Filled(Origin.MISSING, None)
+        return out
+
+    def describe(self, camera: str) -> dict[str, Any]:
+        st = self.cams.get(camera)
+        d: dict[str, Any] = {"name": self.name, "budget": self.opts.budget}
+        if st is None or st.plan is None:
+            d["phase"] = "cold-start"
+            return d
+        p = st.plan
+        d.update(
+            phase="budgeted",
+            resource=p.resource,
+            limit=round(p.budget_limit, 3),
+            used=round(p.budget_used, 3),
+            rates={m: r for m, r in p.rates.items()},
+            links_version=st.link_version,
+        )
+        return d
+
+    # ------------------------------------------------------------ internals
+    def _new_samples(self, models: list[str]) -> Any:
+        from links.samples import AlignedSamples
+
+        missing = [m for m in models if m not in self.metas]
+        if missing:
+            raise RuntimeError(f"policy runtime: no metadata for models {missing}")
+        return AlignedSamples([self.metas[m] for m in models])
+
+    def _costs(self, st: CamState) -> dict[str, ModelCost]:
+        costs = load_costs(self.r, st.models)
+        if costs is None:
+            raise UserError("policy runtime: no measured model costs in Redis (mlink:costs); start the pipeline with mlink run/replay/bench")
+        return costs
+
+    def _train_and_plan(self, camera: str, st: CamState, frame_index: int) -> None:
+        from links.linkset import LinkSet
+
+        samples = st.samples
+        n = len(samples)
+        cut = max(2, int(n * 0.75))
+        fit, val = samples.subset(np.arange(cut)), samples.subset(np.arange(cut, n))
+        ls = LinkSet.train(fit, seed=self.opts.seed, epochs=self.opts.epochs)
+        st.linkset = ls
+        self._plan(camera, st, val if len(val) else fit, frame_index, reducto_clip=samples)
+        if len(val):
+            ls.finetune(val, epochs=max(5, self.opts.epochs // 3))
+        self._publish(camera, st)
+        st.samples = None
+        st.phase = "budgeted"
+
+    def _plan(self, camera: str, st: CamState, score_on: Any, frame_index: int, reducto_clip: Any = None) -> None:
+        from links.metrics import model_accuracy
+
+        ls = st.linkset
+        costs = self._costs(st)
+        assert self.budget is not None
+        resolved: ResolvedBudget = self.budget.resolve(costs)
+        try:
+            resolved.check_feasible(costs)
+        except ValueError as exc:
+            raise UserError(f"camera {camera}: {exc}") from None
+        extra: dict[str, Any] = {}
+        if self.name == "reducto" and reducto_clip is not None:
+            # Contiguous profiling clip: the frame differences and, per model, whether
+            # reusing the previous output would be wrong at each frame.
+            n = len(reducto_clip)
+            # The clip's differences end one frame before the current one.
+            hist = st.diffs[:-1] if st.diffs else []
+            diffs = np.asarray(hist[-n:], float) if len(hist) >= n else np.zeros(n)
+            changes = {}
+            for m in st.models:
+                outs = reducto_clip.outputs[m]
+                changes[m] = np.array([False] + [model_accuracy(outs[i - 1], outs[i]) < 1.0 for i in range(1, n)])
+            extra = {"reducto_diffs": diffs, "reducto_changes": changes}
+        pairwise = ls.pairwise_scores(score_on)
+        cache: dict[tuple[frozenset[str], str, int | None], float] = {}
+
+        def estimate(ex: frozenset[str], target: str, age: int | None) -> float:
+            key = (ex, target, age)
+            if key not in cache:
+                cache[key] = ls.estimate_accuracy(score_on, ex, target, age)
+            return cache[key]
+
+        informative = {}
+        for m in st.models:
+            prior = ls.prior_output(m)
+            acc = np.mean([model_accuracy(prior, o) for o in score_on.outputs[m]]) if len(score_on) else 1.0
+            informative[m] = bool(acc < 0.9)
+        inp = PlanInputs(st.models, costs, resolved, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
+        st.plan = self.planner.plan(inp)
+        st.plans_made += 1
+        st.reselector = Reselector(self.opts.period_frames, origin=frame_index + 1)
+        st.gate = ReductoGate(st.plan.thresholds) if st.plan.fill == "reducto" else None
+
+    def _new_period(self, camera: str, st: CamState, frame_index: int) -> None:
+        assert st.reselector is not None
+        start = st.reselector.period_start(frame_index)
+        if st.samples is not None and len(st.samples) >= 2 and self.opts.adapt and st.linkset is not None:
+            # Adaptation: fine-tune on the last period's fresh aligned samples, then re-plan.
+            fresh = st.samples
+            idx = st.linkset.select_for_adaptation(fresh, max(2, len(fresh) // 2))
+            st.linkset.finetune(fresh.subset(idx) if len(idx) else fresh, epochs=max(5, self.opts.epochs // 3))
+            st.adapted += 1
+            resel = st.reselector
+            self._plan(camera, st, fresh, frame_index)
+            st.reselector = resel  # keep the period grid
+            self._publish(camera, st)
+        st.samples = None
+        st.prof_frames = set(Reselector.profiling_frames(start, self.opts.period_frames, self.opts.profile_fraction))
+
+    def _publish(self, camera: str, st: CamState) -> None:
+        if self.r is None or st.linkset is None:
+            return
+        version = int(self.r.hincrby(links_key(camera), "version", 1))
+        st.link_version = version
+        self.r.hset(links_key(camera), mapping={"blob": st.linkset.to_bytes(), "plan": json.dumps(st.plan.to_dict() if st.plan else None), "time": time.time()})
+
+    def _maybe_load_shared(self, camera: str, st: CamState) -> None:
+        """Links (and plan) trained by another worker, or seeded by ``mlink bench``."""
+        if self.r is None:
+            return
+        info = self.r.hmget(links_key(camera), "version", "blob")
+        if not info[0] or not info[1] or int(info[0]) <= st.link_version:
+            return
+        from links.linkset import LinkSet
+
+        ls = LinkSet.from_bytes(info[1], where=f"links of camera {camera}")
+        ls.check_models([self.metas[m] for m in st.models], where=f"links of camera {camera}")
+        st.linkset = ls
+        st.link_version = int(info[0])
+        seed, seed_diffs = self.r.hmget(links_key(camera), "seed_samples", "seed_diffs")
+        if seed:
+            from links.samples import AlignedSamples
+
+            samples = AlignedSamples.from_bytes(seed)
+            current = st.diffs[-1:]
+            if seed_diffs:
+                st.diffs = list(json.loads(seed_diffs)) + current
+            self._plan(camera, st, samples, -1, reducto_clip=samples)
+            st.phase = "budgeted"
+
+
+def make_runtime_policy(name: str, r: redis.Redis | None = None, **options: Any) -> Any:
+    opts = RuntimeOptions.parse(name)
+    for k, v in options.items():
+        if v is not None:
+            setattr(opts, k, v)
+    if opts.name == "all":
+        from stages.scheduler import AllPolicy
+
+        return AllPolicy()
+    return RuntimePolicy(opts, r)
