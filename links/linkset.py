@@ -139,6 +139,7 @@ class LinkSet:
             self.gates.update(gates)
         self._fast: dict[str, Any] | None = None
         self._plans: dict[Any, tuple[Any, ...]] = {}
+        self._held_cache: dict[str, tuple[Any, ...]] = {}
         self._est_cache: dict[Any, float] = {}
         self._est_token = object()  # marks samples whose estimates are cached (reset by training)
         self._src_dims = {j: [self.view[s].dim for s in self.sources(j)] for j in self.names}
@@ -302,6 +303,7 @@ class LinkSet:
         bar.close()
         self._fast = None
         self._plans = {}
+        self._held_cache = {}
         self._est_cache = {}
         self._est_token = object()
 
@@ -463,21 +465,34 @@ class LinkSet:
             if j in executed:
                 res[j] = Derived(executed[j], 1.0, (j,))
                 continue
+            hage = None
+            tau = 0.0
+            if self.temporal and held and j in held:
+                ho, hage = held[j]
+                g = self.gates.get(j)
+                if g is not None:
+                    bk = int(age_bucket(hage))
+                    tau = float(g["tau"][bk])
+                    if tau > 1.0:  # the gate always holds at this age: no ensemble needed
+                        res[j] = Derived(ho, float(g["hold_acc"][bk]), ("held",))
+                        continue
             names, C1z, c1, a_nohold, lz, hx_rows, hm_row, ag_rows = self._plan(j, present)
             e = self.ens[j]
             zs = [zall[n][slice(*fast[n][4][j])] for n in names]
             via: tuple[str, ...] = tuple(names)
-            hage = None
-            if self.temporal and held and j in held:
-                ho, hage = held[j]
-                hv = v.encode(ho)[None]
+            if hage is not None:
+                hc = self._held_cache.get(j)
+                if hc is None or hc[0] is not ho:
+                    hv = v.encode(ho)[None]
+                    hc = (ho, v.held_head(hv)[0], v.standardise(hv)[0] @ hx_rows + hm_row)
+                    self._held_cache[j] = hc
                 ag = nets.age_features(np.array([hage], np.float32))[0]
                 lz2 = lz.copy()
                 lz2[-1] += ag @ e["wa"]
                 ex_ = np.exp(lz2 - lz2.max(axis=0))
                 a = ex_ / ex_.sum(axis=0)
-                base = a[-2] * e["z0"] + a[-1] * v.held_head(hv)[0]
-                pre = c1 + v.standardise(hv)[0] @ hx_rows + hm_row + ag @ ag_rows
+                base = a[-2] * e["z0"] + a[-1] * hc[1]
+                pre = c1 + hc[2] + ag @ ag_rows
                 via = via + ("held",)
             else:
                 a = a_nohold
@@ -489,13 +504,10 @@ class LinkSet:
                 base = base + (a[: len(zs)] * np.stack(zs)).sum(axis=0)
             head = base + np.maximum(pre, 0.0) @ e["C2"] + e["c2"]
             out, conf = v.decode(head[None])[0]
-            if hage is not None:
-                g = self.gates.get(j)
-                if g is not None:
-                    bk = int(age_bucket(hage))
-                    if conf < g["tau"][bk]:
-                        res[j] = Derived(held[j][0], float(g["hold_acc"][bk]), ("held",))  # type: ignore[index]
-                        continue
+            if hage is not None and conf < tau:
+                g = self.gates[j]
+                res[j] = Derived(ho, float(g["hold_acc"][int(age_bucket(hage))]), ("held",))
+                continue
             res[j] = Derived(out, conf, via or ("prior",))
         return res
 

@@ -108,6 +108,15 @@ class View:
 
     @property
     def segments(self) -> list[Segment]:
+        key = (self.kind, tuple(self.kmax), self.grid, self.scalar_grid, self.n_classes)
+        memo = self.__dict__.get("_seg_memo")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        segs = self._segments()
+        self.__dict__["_seg_memo"] = (key, segs)
+        return segs
+
+    def _segments(self) -> list[Segment]:
         segs: list[Segment] = []
         pos = 0
         if self.kind is OutputKind.DETECTIONS:

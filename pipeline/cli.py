@@ -265,7 +265,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
     total = 0
     for cam in cfg.cameras.values():
         for f in cam.files(cfg.base_dir):
-            n = probe_frame_count(f)
+            n = probe_frame_count(f, fps=cam.fps)
             total += n or 0
     with _Redis(a.redis) as url:
         return _pipeline_session(cfg, url, fresh=True, workers=a.workers, batch=a.batch, policy=None, out=a.out,
@@ -397,6 +397,34 @@ def cmd_decoder(a: argparse.Namespace) -> int:
     return 1 if code == EXIT_FAILED else 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from pipeline.bench import format_table, run_bench
+    from pipeline.config import load_config
+
+    base = load_config(a.config) if a.config else None
+    budgets = [b.strip() for b in a.budgets.split(",") if b.strip()]
+    policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    from links.budget import parse_budget
+    from links.policies import POLICIES
+
+    for p in policies:
+        if p not in POLICIES:
+            raise UserError(f"--policies: unknown policy {p!r} (available: {', '.join(POLICIES)})")
+    for b in budgets:
+        try:
+            parse_budget(b)
+        except ValueError as exc:
+            raise UserError(f"--budgets: {exc}") from None
+    for v in a.videos:
+        from pipeline.video import open_source
+
+        open_source(v).close()
+    res = run_bench(a.videos, budgets, policies, a.out, config=base, redis_url=a.redis, train_frac=a.train_frac, period_frames=a.period)
+    print(format_table(res))
+    print(f"\nwritten: {a.out}/bench.md, bench.json and PNG plots")
+    return 0
+
+
 # --------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlink", description="Video analytics with model links: decoders -> Redis Streams -> budgeted scheduler -> records.")
@@ -456,6 +484,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=DEFAULT_CONFIG)
     s.add_argument("--redis", required=True)
     s.set_defaults(fn=cmd_decoder)
+
+    s = sub.add_parser("bench", help="replay footage once per policy and budget; accuracy vs budget table and plots")
+    s.add_argument("videos", nargs="+", metavar="VIDEO")
+    s.add_argument("--budgets", required=True, help="comma-separated, e.g. 33%%,50%%")
+    s.add_argument("--policies", default="standalone,prior,hold-last,reducto,mlink,ours")
+    s.add_argument("--out", type=Path, required=True, help="output directory")
+    s.add_argument("--config", help="take models and settings from this config")
+    s.add_argument("--redis")
+    s.add_argument("--train-frac", type=float, default=0.5, help="first part of each clip used to train links")
+    s.add_argument("--period", type=int, default=200, help="frames per adaptation period")
+    s.set_defaults(fn=cmd_bench)
 
     try:
         from pipeline import cli_links

@@ -111,7 +111,9 @@ class ModelOutput:
             rec["value"] = round(float(self.value or 0.0), 5)
             if self.grid is not None:
                 rec["grid"] = np.round(self.grid, 3).tolist()
-        rec.update(self.extra)
+        for k, v in self.extra.items():
+            # Extras never overwrite a schema field (e.g. a note about approximate boxes).
+            rec[f"{k}_note" if k in rec else k] = v
         return rec
 
     @classmethod

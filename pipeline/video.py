@@ -7,6 +7,7 @@ connection) into :class:`pipeline.errors.UserError` with a one-line reason.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,15 +182,22 @@ def _decode(container: Any, stream: Any, state: dict[str, bool]) -> Iterator[Any
         yield from packet.decode()
 
 
-def probe_frame_count(path: str | Path) -> int | None:
-    """The container's frame count estimate (for progress bars), or None."""
+def probe_frame_count(path: str | Path, fps: float | None = None) -> int | None:
+    """The container's frame count estimate (for progress bars), or None.
+
+    With ``fps`` (sampling), the estimate of the frames that sampling keeps.
+    """
     try:
         with av.open(str(path)) as c:
             vs = c.streams.video[0]
+            rate = float(vs.average_rate) if vs.average_rate else None
+            n = None
             if vs.frames:
-                return int(vs.frames)
-            if vs.duration and vs.average_rate:
-                return int(float(vs.duration * vs.time_base) * float(vs.average_rate))
+                n = int(vs.frames)
+            elif vs.duration and rate:
+                n = int(float(vs.duration * vs.time_base) * rate)
+            if n is not None and fps and rate and fps < rate:
+                n = math.ceil(n * fps / rate)
+            return n
     except Exception:
         return None
-    return None

@@ -70,8 +70,8 @@ def run_once(url: str, frames: list[dict], models: list[str], workers: int, batc
         p.start()
     deadline = time.monotonic() + 120
     while len(r.xinfo_consumers(frames_key(cam), GROUP)) < workers:  # joined = models loaded, reading
-        if time.monotonic() > deadline:
-            raise SystemExit("workers did not start")
+        if time.monotonic() > deadline or any(p.exitcode is not None for p in procs):
+            raise SystemExit(f"workers did not start (exit codes {[p.exitcode for p in procs]})")
         time.sleep(0.05)
     bar = None
     if progress:

@@ -61,9 +61,6 @@ def prepare_camera(r: redis.Redis, cam: str, fresh: bool) -> int:
     if fresh:
         for k in camera_keys(cam):
             r.delete(k)
-        # Unregistered until its decoder registers it again with its models:
-        # a worker must never see the camera with a hash that lacks them.
-        r.srem(CAMERAS_KEY, cam)
     ckey = camera_key(cam)
     first = int(r.hget(ckey, "next_frame") or 0)
     r.delete(frames_key(cam))

@@ -59,7 +59,6 @@ def mlink_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     old = os.environ.get("MLINK_HOME")
     os.environ["MLINK_HOME"] = str(home)
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("MLINK_NO_RTSP_INSTALL", "1")  # never apt-get from a test run
     yield home
     if old is None:
         os.environ.pop("MLINK_HOME", None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from conftest import CAR_MP4, CHEAP_MODELS, DEFAULT_ZOO, GIF23, GIF35, check_record, mlink_cmd, read_jsonl, run_mlink, write_config
+from conftest import CHEAP_MODELS, DEFAULT_ZOO, GIF23, GIF35, check_record, mlink_cmd, read_jsonl, run_mlink, write_config
 
 from pipeline.streams import results_key
 

@@ -51,6 +51,8 @@ def test_probe_frame_count(videos_dir: Path) -> None:
     assert probe_frame_count(videos_dir / CAR_MP4) == 377
     assert probe_frame_count(videos_dir / "intel_preview_people-detection.gif") == 23
     assert probe_frame_count(videos_dir / "does-not-exist.mp4") is None
+    assert probe_frame_count(videos_dir / CAR_MP4, fps=2) == 61  # what --fps 2 keeps (progress total)
+    assert probe_frame_count(videos_dir / CAR_MP4, fps=50) == 377
 
 
 # ---------------------------------------------------------------- units
