@@ -295,6 +295,10 @@ def cmd_tail(a: argparse.Namespace) -> int:
     from pipeline.streams import CAMERAS_KEY
 
     r = connect(url_for_reader(a.redis))
+    deadline = time.monotonic() + a.wait
+    # A camera registers when its decoder starts: give a just-started `run` a moment.
+    while not (r.sismember(CAMERAS_KEY, a.camera) or r.exists(f"results:{{{a.camera}}}")) and time.monotonic() < deadline:
+        time.sleep(0.2)
     if not r.sismember(CAMERAS_KEY, a.camera) and not r.exists(f"results:{{{a.camera}}}"):
         known = sorted(x.decode() for x in r.smembers(CAMERAS_KEY))
         raise UserError(f"camera {a.camera}: unknown (known cameras: {', '.join(known) or 'none'})")
@@ -460,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis")
     s.add_argument("--from-start", action="store_true")
     s.add_argument("--count", type=int, help="exit after this many records")
+    s.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the camera to register")
     s.set_defaults(fn=cmd_tail)
 
     s = sub.add_parser("models", help="list the configured models with measured cost on this machine")

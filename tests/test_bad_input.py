@@ -85,7 +85,7 @@ def test_replay_unknown_policy(tmp_path: Path, redis_url: str, gif23: Path) -> N
 
 
 def test_tail_unknown_camera(redis_url: str) -> None:
-    proc = run_mlink("tail", "nocam", "--redis", redis_url, "--count", "1")
+    proc = run_mlink("tail", "nocam", "--redis", redis_url, "--count", "1", "--wait", "0.5")
     assert_one_line_error(proc, "camera nocam: unknown")
 
 
