@@ -297,6 +297,12 @@ class LinkSet:
                 )
                 if val is not None and held_idx is not None and held_age is not None:
                     self.gates[j] = self._fit_gate(samples, j, X, zs, np.flatnonzero(val), held_idx, held_age, seed=seed * 1000 + 900 + ti)
+                    # then let the ensemble see the validation rows too (a short warm-started pass)
+                    nets.train_ensemble(
+                        self.ens[j], v, [X[n] for n in srcs], zs, T,
+                        held_x=X[j], held_z=v.held_head(encoded(samples, v)), held_idx=held_idx, held_age=held_age,
+                        epochs=max(1, ens_epochs // 4), lr=lr / 3, batch=batch, dropout=ens_dropout, seed=seed * 1000 + 700 + ti,
+                    )
                 elif j not in self.gates:
                     self.gates[j] = default_gate()
                 bar.update(1)

@@ -32,7 +32,7 @@ DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "intel_one-by-one-p
 DEFAULT_MODELS = ["hog_people", "haar_full_body", "mog2_motion"]
 
 
-def _worker(url: str, camera_batch: int, single_thread: bool, stop_evt: "mp.synchronize.Event") -> None:
+def _worker(url: str, camera_batch: int, single_thread: bool, stop_evt: "mp.synchronize.Event", ready_key: str) -> None:
     import cv2
 
     if single_thread:
@@ -47,13 +47,36 @@ def _worker(url: str, camera_batch: int, single_thread: bool, stop_evt: "mp.sync
     from stages.scheduler import Worker
 
     r = connect(url)
-    Worker(r, batch=camera_batch, block_ms=50, claim_idle_ms=60_000, should_stop=stop_evt.is_set).run()
+    w = Worker(r, batch=camera_batch, block_ms=50, claim_idle_ms=60_000, should_stop=stop_evt.is_set)
+    w.refresh_cameras(force=True)  # loads the models
+    r.incr(ready_key)
+    w.run()
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User+system CPU seconds of these processes so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError):
+        return float("nan")
 
 
 def run_once(url: str, frames: list[dict], models: list[str], workers: int, batch: int, single_thread: bool, progress: bool) -> dict:
     from pipeline.config import parse_config
     from pipeline.redis_conn import connect
-    from pipeline.streams import GROUP, frames_key, results_key
+    from pipeline.streams import frames_key, results_key
     from stages.decoder import prepare_camera, register_camera
 
     cam = f"bench{workers}{'s' if single_thread else 'm'}"
@@ -64,12 +87,13 @@ def run_once(url: str, frames: list[dict], models: list[str], workers: int, batc
     prepare_camera(r, cam, fresh=True)
     register_camera(r, cfg.cameras[cam])
     ctx = mp.get_context("spawn")
+    r.delete(f"bench:ready:{cam}")
     stop = ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(url, batch, single_thread, stop), daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(url, batch, single_thread, stop, f"bench:ready:{cam}"), daemon=True) for _ in range(workers)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + 120
-    while len(r.xinfo_consumers(frames_key(cam), GROUP)) < workers:  # joined = models loaded, reading
+    while int(r.get(f"bench:ready:{cam}") or 0) < workers:  # models loaded
         if time.monotonic() > deadline or any(p.exitcode is not None for p in procs):
             raise SystemExit(f"workers did not start (exit codes {[p.exitcode for p in procs]})")
         time.sleep(0.05)
@@ -78,6 +102,8 @@ def run_once(url: str, frames: list[dict], models: list[str], workers: int, batc
         from tqdm import tqdm
 
         bar = tqdm(total=len(frames), unit="frame", desc=f"{workers} worker{'s' if workers > 1 else ''}", file=sys.stderr, leave=False)
+    pids = [p.pid for p in procs if p.pid is not None]
+    cpu0 = _cpu_s(pids)
     t0 = time.monotonic()
     pipe = r.pipeline(transaction=False)
     for i, f in enumerate(frames):
@@ -93,6 +119,8 @@ def run_once(url: str, frames: list[dict], models: list[str], workers: int, batc
             raise SystemExit("benchmark timed out")
         time.sleep(0.02)
     wall = time.monotonic() - t0
+    cpu = _cpu_s(pids) - cpu0
+    load = _loadavg()
     if bar is not None:
         bar.close()
     stop.set()
@@ -108,8 +136,9 @@ def run_once(url: str, frames: list[dict], models: list[str], workers: int, batc
     for k in (frames_key(cam), results_key(cam), f"status:{{{cam}}}", f"camera:{{{cam}}}", f"metrics:{{{cam}}}"):
         r.delete(k)
     r.srem("mlink:cameras", cam)
+    r.delete(f"bench:ready:{cam}")
     return {"workers": workers, "threads": "1/worker" if single_thread else "default", "frames": len(frames),
-            "wall_s": wall, "fps": len(frames) / wall, "model_ms": model_ms, "split": sorted(per_worker.values(), reverse=True)}
+            "wall_s": wall, "fps": len(frames) / wall, "cpu_s": cpu, "load": load, "model_ms": model_ms, "split": sorted(per_worker.values(), reverse=True)}
 
 
 def load_frames(video: Path, n: int, width: int) -> list[dict]:
@@ -154,10 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         if emb is not None:
             emb.stop()
     base = rows[0]["fps"]
-    print(f"{'workers':>7s} {'threads':>9s} {'frames':>6s} {'wall s':>7s} {'fps':>7s} {'speedup':>7s} {'model ms/frame':>14s}  split")
+    print(f"{'workers':>7s} {'threads':>9s} {'frames':>6s} {'wall s':>7s} {'fps':>7s} {'speedup':>7s} {'model ms/frame':>14s} "
+          f"{'cores used':>10s} {'CPU ms/frame':>12s} {'loadavg':>7s}  split")
     for row in rows:
         print(f"{row['workers']:7d} {row['threads']:>9s} {row['frames']:6d} {row['wall_s']:7.2f} {row['fps']:7.2f} "
-              f"{row['fps'] / base:6.2f}x {row['model_ms']:14.1f}  {row['split']}")
+              f"{row['fps'] / base:6.2f}x {row['model_ms']:14.1f} {row['cpu_s'] / row['wall_s']:10.2f} "
+              f"{1000 * row['cpu_s'] / row['frames']:12.1f} {row['load']:7.2f}  {row['split']}")
+    print("cores used = worker CPU seconds / wall seconds; a speedup below the worker count with 'cores used' "
+          "below it means other processes held the cores (see loadavg).")
     return 0
 
 

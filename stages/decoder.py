@@ -74,6 +74,7 @@ class Decoder:
         self.fkey, self.skey = frames_key(cam.name), status_key(cam.name)
         self.sent = 0
         self.dropped = 0
+        self._room = 0  # frames that may still be sent before asking Redis again
 
     def status(self, event: str, **info: object) -> None:
         self.r.xadd(self.skey, status_event(event, self.cam.name, **info), maxlen=1000, approximate=True)
@@ -153,9 +154,17 @@ class Decoder:
 
     def _wait_for_room(self) -> None:
         # Processed frames are deleted by the scheduler, so XLEN is exactly the
-        # number of frames not yet done: wait instead of trimming them.
+        # number of frames not yet done: wait instead of trimming them. Room seen
+        # at the last check is spent first, so XLEN is asked once per window, not per frame.
+        if self._room > 0:
+            self._room -= 1
+            return
         backoff = 0.002
-        while self.r.xlen(self.fkey) >= self.cam.window and not self.should_stop():
+        while not self.should_stop():
+            pending = int(self.r.xlen(self.fkey))
+            if pending < self.cam.window:
+                self._room = self.cam.window - pending - 1
+                return
             time.sleep(backoff)
             backoff = min(backoff * 2, 0.05)
 

@@ -310,3 +310,56 @@ class LiveSource:
             if item[0] == gen:
                 q.put(item)
                 return
+
+
+class RedisGuard:
+    """The decoder's side of a Redis outage.
+
+    ``send(fn)`` runs one write (the frame's XADD pipeline). When Redis is
+    unreachable: a live camera drops the frame (counted in :attr:`dropped`,
+    the source keeps its connection to the camera) and returns False; a replay
+    camera waits and retries the same frame with capped backoff until Redis is
+    back or ``should_stop()``. The first successful write after an outage calls
+    ``on_restore(dropped_during_outage, down_s)``, where the decoder
+    re-registers its camera (Redis may have come back empty), adds the drops to
+    the metrics and emits a status event.
+    """
+
+    def __init__(self, live: bool, on_restore: Callable[[int, float], None] | None = None,
+                 should_stop: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic) -> None:
+        import redis
+
+        self.live = live
+        self.on_restore = on_restore or (lambda n, s: None)
+        self.should_stop = should_stop
+        self.clock = clock
+        self.errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError,
+                                                         redis.exceptions.BusyLoadingError, redis.exceptions.ClusterDownError)
+        self.down_since: float | None = None
+        self.dropped = 0  # over the lifetime
+        self._dropped_now = 0  # in the current outage
+        self.outages = 0
+
+    def send(self, fn: Callable[[], Any]) -> bool:
+        delay = 0.05
+        while True:
+            try:
+                fn()
+            except self.errors:
+                if self.down_since is None:
+                    self.down_since = self.clock()
+                    self.outages += 1
+                if self.live:
+                    self.dropped += 1
+                    self._dropped_now += 1
+                    return False
+                if self.should_stop():
+                    return False
+                time.sleep(delay * (1 - 0.3 * random.random()))
+                delay = min(1.0, delay * 2)
+                continue
+            if self.down_since is not None:
+                down_s, n = self.clock() - self.down_since, self._dropped_now
+                self.down_since, self._dropped_now = None, 0
+                self.on_restore(n, down_s)
+            return True

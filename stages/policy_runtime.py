@@ -82,6 +82,7 @@ class CamState:
     diffs: list[float] = field(default_factory=list)
     plans_made: int = 0
     adapted: int = 0
+    prior_acc: dict[str, float] = field(default_factory=dict)  # how often the usual value is right (profiling sample)
 
 
 def load_costs(r: redis.Redis | None, models: list[str]) -> dict[str, ModelCost] | None:
@@ -175,7 +176,7 @@ class RuntimePolicy:
             if fill in ("hold", "reducto") and m in st.last:
                 out[m] = Filled(Origin.HELD, st.last[m][0], (m,), None)
             elif fill == "prior" and st.linkset is not None:
-                out[m] = Filled(Origin.LINKED, st.linkset.prior_output(m), ("prior",), None)
+                out[m] = Filled(Origin.LINKED, st.linkset.prior_output(m), ("prior",), st.prior_acc.get(m))
             else:
                 out[m] = Filled(Origin.MISSING, None)
         return out
@@ -266,6 +267,7 @@ class RuntimePolicy:
             prior = ls.prior_output(m)
             acc = np.mean([model_accuracy(prior, o) for o in score_on.outputs[m]]) if len(score_on) else 1.0
             informative[m] = bool(acc < 0.9)
+            st.prior_acc[m] = float(acc)
         inp = PlanInputs(st.models, costs, resolved, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
         st.plan = self.planner.plan(inp)
         st.plans_made += 1
