@@ -331,7 +331,7 @@ def plot_bench(res: dict[str, Any], out_dir: Path) -> None:
         ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2, names, rotation=20, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"per-model accuracy at budget {b}")
-        ax.legend(fontsize=7, ncol=4)
+        ax.legend(fontsize=7, ncol=6, loc="lower left", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(out_dir / "per_model.png", dpi=110)
     plt.close(fig)

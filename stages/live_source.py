@@ -27,7 +27,10 @@ RTSP (and any live URL):
   reader queue is dropped (live, latest-frame semantics) and counted in
   :attr:`LiveSource.dropped`.
 
-Files: read in order (list, glob, loop), permanent errors (missing, truncated,
+Files: read in order (list, glob, loop); by default a file source reports no
+``connecting``/``connected`` events (``file_events=True`` turns them on) and
+``eos`` only with ``emit_eos`` (the decoder sends its own with frame counts).
+Permanent errors (missing, truncated,
 not video, unsupported codec) raise :class:`pipeline.errors.UserError` at once
 (retrying a bad file cannot help); ``skip`` resumes after the first ``skip``
 decoded frames; ``realtime`` paces a live file camera at its own rate.
@@ -135,6 +138,7 @@ class LiveSource:
         skip: int = 0,
         realtime: bool = False,
         emit_eos: bool = False,
+        file_events: bool = False,
         max_queue: int = 4,
         poll_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
@@ -151,6 +155,7 @@ class LiveSource:
         self.status_fn = status or (lambda event, **info: None)
         self.should_stop = should_stop
         self.loop, self.skip, self.realtime, self.emit_eos = loop, skip, realtime, emit_eos
+        self.file_events = file_events
         self.max_queue, self.poll_s = max_queue, poll_s
         self.clock = clock
         self.rng = rng
@@ -193,7 +198,9 @@ class LiveSource:
     # ------------------------------------------------------------- files
     def _files(self) -> Iterator[SourceFrame]:
         wd = self.watchdog = Watchdog(self.wd_cfg, is_file=True, rng=self.rng, now=self.clock())
-        self.status_fn("connecting", reason=f"opening {self.label}", source=self.label, attempt=0, prev="")
+        emit_all = self.file_events
+        if emit_all:
+            self.status_fn("connecting", reason=f"opening {self.label}", source=self.label, attempt=0, prev="")
         pos = 0
         while True:
             for src in self.sources:
@@ -205,7 +212,9 @@ class LiveSource:
                     pos += 1
                     if pos <= self.skip:
                         continue
-                    self._emit(wd.on_frame(self.clock()))
+                    trs = wd.on_frame(self.clock())
+                    if emit_all:
+                        self._emit(trs)
                     if self.realtime:
                         if t0 is None:
                             t0, pts0 = time.monotonic(), vf.pts
