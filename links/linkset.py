@@ -46,6 +46,7 @@ _GATE_KEYS = ("tau", "hold_acc")  # optional (format 1 files lack them: no gate,
 AGE_EDGES = np.array([1, 2, 3, 5, 9, 17])
 N_BUCKETS = len(AGE_EDGES)
 TAU_GRID = np.array([0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01])
+MIN_GATE_FRAMES = 16  # fewer validation frames than this: the temporal gate always holds
 VAL_FRAC = 0.2  # the last 20 % (in time) of the training samples choose the temporal gate
 
 
@@ -303,6 +304,11 @@ class LinkSet:
                         held_x=X[j], held_z=v.held_head(encoded(samples, v)), held_idx=held_idx, held_age=held_age,
                         epochs=max(1, ens_epochs // 4), lr=lr / 3, batch=batch, dropout=ens_dropout, seed=seed * 1000 + 700 + ti,
                     )
+                elif self.temporal and held_idx is not None and held_age is not None:
+                    # Too few samples to validate the temporal ensemble against the target's
+                    # own last output: hold it (hold-last is the safe default), and give the
+                    # held value its measured hold-last accuracy as confidence.
+                    self.gates[j] = self._hold_gate(samples, j, held_idx, held_age)
                 elif j not in self.gates:
                     self.gates[j] = default_gate()
                 bar.update(1)
@@ -312,6 +318,23 @@ class LinkSet:
         self._held_cache = {}
         self._est_cache = {}
         self._est_token = object()
+
+    def _hold_gate(self, samples: AlignedSamples, j: str, held_idx: np.ndarray, held_age: np.ndarray) -> dict[str, np.ndarray]:
+        """A gate that always holds; ``hold_acc`` per age bucket measured on ``samples``."""
+        gate = default_gate()
+        gate["tau"][:] = TAU_GRID[-1]
+        tf = self.true_fields(samples, j)
+        r = np.repeat(np.arange(len(samples)), held_idx.shape[1])
+        hi, ha = held_idx.reshape(-1), held_age.reshape(-1)
+        ok = hi >= 0
+        if ok.any():
+            r, hi, ha = r[ok], hi[ok], ha[ok]
+            hold_ok = correct(self.view[j].kind, {k: a[hi] for k, a in tf.items()}, {k: a[r] for k, a in tf.items()})
+            b = age_bucket(ha)
+            for k in range(N_BUCKETS):
+                if (b == k).any():
+                    gate["hold_acc"][k] = float(hold_ok[b == k].mean())
+        return gate
 
     def _fit_gate(
         self,
@@ -370,14 +393,17 @@ class LinkSet:
         ens_ok = np.concatenate(ens_ok_l)
         hok = np.tile(hold_ok, len(masks))
         bk = np.tile(bucket, len(masks))
-        last_tau, last_acc = 0.0, 0.5
+        # Too few validation frames cannot show that the ensemble beats the target's own
+        # last output (short clips: a handful of frames): then the gate always holds.
+        few = len(np.unique(vrows)) < MIN_GATE_FRAMES
+        last_tau, last_acc = (float(TAU_GRID[-1]) if few else 0.0), 0.5
         for b in range(N_BUCKETS):
             sel = bk == b
             if not sel.any():
                 gate["tau"][b], gate["hold_acc"][b] = last_tau, last_acc
                 continue
             accs = [np.mean(np.where(conf[sel] < t, hok[sel], ens_ok[sel])) for t in TAU_GRID]
-            best = max(range(len(TAU_GRID)), key=lambda k: (round(accs[k], 9), TAU_GRID[k]))
+            best = len(TAU_GRID) - 1 if few else max(range(len(TAU_GRID)), key=lambda k: (round(accs[k], 9), TAU_GRID[k]))
             last_tau, last_acc = float(TAU_GRID[best]), float(hok[sel].mean())
             gate["tau"][b], gate["hold_acc"][b] = last_tau, last_acc
         return gate

@@ -97,7 +97,8 @@ def _frames_pending(r: Any, cams: list[str]) -> int:
 
 
 def _pipeline_session(cfg: Any, redis_url: str, *, fresh: bool, workers: int | None, batch: int | None, policy: str | None,
-                      out: Path | None, show: str, progress_total: int | None, stop_when_done: bool) -> int:
+                      out: Path | None, show: str, progress_total: int | None, stop_when_done: bool,
+                      metrics_port: int | None = None) -> int:
     """Start decoders + workers, follow results until done (or Ctrl-C), print a summary."""
     from pipeline.collect import ResultCollector
     from pipeline.redis_conn import connect
@@ -115,6 +116,8 @@ def _pipeline_session(cfg: Any, redis_url: str, *, fresh: bool, workers: int | N
         prepare_camera(r, c, fresh=fresh)
     coll = ResultCollector(r, cams, from_start=fresh)
     sup = Supervisor(cfg, redis_url, workers=workers, batch=batch, policy=policy).start()
+    if metrics_port is not None:
+        print(f"mlink: metrics on http://127.0.0.1:{sup.serve_metrics(metrics_port)}/metrics", file=sys.stderr)
     stop = _Interrupt()
     bar = None
     if show == "progress":
@@ -131,7 +134,7 @@ def _pipeline_session(cfg: Any, redis_url: str, *, fresh: bool, workers: int | N
             for ev in sup.poll():
                 print(f"mlink: {ev}", file=sys.stderr)
             for ev in coll.poll_status():
-                if ev["event"] in ("error", "failed"):
+                if ev["event"] == "error":  # a "failed" watchdog event is always followed by the decoder's error
                     msg = f"mlink: camera {ev['camera']}: {ev['event']}: {ev.get('reason', '')}"
                     if bar is not None:
                         bar.write(msg, file=sys.stderr)
@@ -251,7 +254,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     with _Redis(a.redis) as url:
         show = "json" if a.json else ("quiet" if a.quiet else "compact")
         return _pipeline_session(cfg, url, fresh=False, workers=a.workers, batch=None, policy=None, out=a.out,
-                                 show=show, progress_total=None, stop_when_done=True)
+                                 show=show, progress_total=None, stop_when_done=True, metrics_port=a.metrics_port)
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
@@ -363,26 +366,36 @@ def cmd_status(a: argparse.Namespace) -> int:
     if not cams:
         print("no cameras registered")
         return 0
-    print(f"{'camera':24s} {'state':10s} {'frames':>7s} {'records':>8s} {'queued':>7s} {'dropped':>7s}  last event")
+    from pipeline.metrics import RedisMetricsCollector
+
+    snap = RedisMetricsCollector(r).snapshot()
+    print(f"{'camera':24s} {'state':12s} {'frames':>7s} {'records':>8s} {'queued':>7s} {'lag s':>6s} {'dropped':>7s} {'reconn':>6s}  last event")
     for c in cams:
+        m = snap.get(c, {})
         last = r.xrevrange(status_key(c), count=1)
         ev = json.loads(last[0][1][b"json"]) if last else {}
         info = r.hgetall(camera_key(c))
         age = time.time() - ev.get("time", time.time())
         reason = f" {ev.get('reason')}" if ev.get("reason") else ""
-        print(f"{c:24s} {ev.get('event', '-'):10s} {int(info.get(b'next_frame', 0)):7d} {r.xlen(results_key(c)):8d} {r.xlen(frames_key(c)):7d} "
-              f"{int(info.get(b'dropped', 0)):7d}  {age:.0f}s ago{reason}")
+        print(f"{c:24s} {ev.get('event', '-'):12s} {int(info.get(b'next_frame', 0)):7d} {r.xlen(results_key(c)):8d} {r.xlen(frames_key(c)):7d} "
+              f"{m.get('lag_s', 0.0):6.1f} {m.get('dropped', 0):7d} {m.get('reconnects', 0):6d}  {age:.0f}s ago{reason}")
     return 0
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from pipeline.redis_conn import connect
+    from pipeline.redis_conn import connect, redact
     from stages.scheduler import Worker, make_frame_policy
 
     r = connect(a.redis)
     stop = _Interrupt()
-    print(f"mlink: worker serving registered cameras on {a.redis} (Ctrl-C stops)", file=sys.stderr)
-    stats = Worker(r, make_frame_policy(a.policy, r), batch=a.batch, should_stop=lambda: stop.flag).run()
+    print(f"mlink: worker serving registered cameras on {redact(a.redis)} (Ctrl-C stops)", file=sys.stderr)
+    if a.metrics_port is not None:
+        from pipeline.metrics import serve_metrics
+
+        server, _ = serve_metrics(r, a.metrics_port)
+        print(f"mlink: metrics on http://127.0.0.1:{server.server_port}/metrics", file=sys.stderr)
+    stats = Worker(r, make_frame_policy(a.policy, r), batch=a.batch, claim_idle_ms=a.claim_idle_ms,
+                   should_stop=lambda: stop.flag).run()
     print(f"worker: {stats.frames} frames, {stats.reclaimed} reclaimed, {stats.bad_frames} bad", file=sys.stderr)
     return 0
 
@@ -444,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="print full JSON records instead of compact lines")
     g.add_argument("--quiet", action="store_true", help="print only status and the summary")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("replay", help="process every frame of recorded footage as fast as possible")
@@ -482,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis", required=True)
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--policy", default="all")
+    s.add_argument("--claim-idle-ms", type=int, default=10_000, help="reclaim frames a dead worker left pending this long")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT (all cameras, from Redis)")
     s.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("decoder", help="run only one camera's decoder")

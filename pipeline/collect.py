@@ -63,9 +63,23 @@ class ResultCollector:
                     last = r.xrevrange(k, count=1)
                     ids[k] = last[0][0].decode() if last else "0-0"
 
+    def _xread(self, ids: dict[str, str], count: int, block_ms: int) -> list[Any]:
+        """XREAD over several cameras; on Redis Cluster one key per command (no CROSSSLOT)."""
+        from pipeline.redis_conn import is_cluster
+
+        if not is_cluster(self.r) or len(ids) <= 1:
+            return self.r.xread(ids, count=count, block=block_ms or None) or []
+        out: list[Any] = []
+        for k, v in ids.items():
+            out.extend(self.r.xread({k: v}, count=count) or [])
+        if not out and block_ms:
+            first = next(iter(ids))
+            out.extend(self.r.xread({first: ids[first]}, count=count, block=max(10, block_ms // len(ids))) or [])
+        return out
+
     def poll_records(self, block_ms: int = 200, count: int = 500) -> list[dict[str, Any]]:
         # BLOCK 0 would mean 'forever' to Redis: 0 here means 'do not block'.
-        resp = self.r.xread(self.ids, count=count, block=block_ms or None)
+        resp = self._xread(self.ids, count, block_ms)
         out = []
         for key, items in resp or []:
             k = key.decode() if isinstance(key, bytes) else key
@@ -84,7 +98,7 @@ class ResultCollector:
         return out
 
     def poll_status(self) -> list[dict[str, Any]]:
-        resp = self.r.xread(self.status_ids, count=1000)
+        resp = self._xread(self.status_ids, 1000, 0)
         out = []
         for key, items in resp or []:
             k = key.decode() if isinstance(key, bytes) else key

@@ -118,6 +118,13 @@ class RtspOptions(Strict):
     transport: Literal["tcp", "udp"] = "tcp"
     open_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
+    stall_after_s: float | None = Field(None, gt=0, description="no frame for this long -> stalled (default: max(2, read_timeout_s))")
+    lost_after_s: float | None = Field(None, gt=0, description="stalled this long -> lost and reconnect (default: 2 x stall_after_s)")
+    connect_timeout_s: float | None = Field(None, gt=0, description="opening + first frame may take this long (default: open_timeout_s + stall_after_s)")
+    backoff_initial_s: float = Field(0.5, ge=0, description="first reconnect delay; doubles per attempt, with jitter")
+    backoff_max_s: float = Field(30.0, gt=0, description="cap of the reconnect delay")
+    max_attempts: int | None = Field(None, ge=0, description="reconnect attempts before 'failed' (null: forever, like Frigate)")
+    initial_attempts: int | None = Field(2, ge=0, description="reconnect attempts before the first frame ever (a wrong URL fails fast)")
 
 
 class CameraConfig(Strict):

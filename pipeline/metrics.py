@@ -25,8 +25,8 @@ Exposed, all with a ``camera`` label:
 ``mlink_frames_dropped_total``    live frames dropped (MAXLEN trim, Redis away)
 ``mlink_bad_frames_total``        frame entries that could not be decoded
 ``mlink_frames_reclaimed_total``  frames taken over from dead workers
-``mlink_model_outputs_total``     per ``model`` and ``origin`` (executed,
-                                  derived, held, missing ...)
+``mlink_model_outputs_total``     per ``model`` and ``origin`` (executed vs
+                                  linked = derived, held, missing)
 ``mlink_reconnects_total``        source reconnect attempts
 ``mlink_decoded_fps``             decoded frames/s since the previous scrape
 ``mlink_processed_fps``           processed frames/s since the previous scrape
@@ -75,8 +75,6 @@ def _s(x: Any) -> str:
 
 class RedisMetricsCollector(Collector):
     """Reads every registered camera's counters and streams at scrape time."""
-
-    ORIGIN_FIELDS = ("executed", "derived", "held", "missing", "prior", "skipped")
 
     def __init__(self, r: Any, clock: Callable[[], float] = time.time) -> None:
         self.r = r

@@ -1,6 +1,6 @@
 """Issue 3 measurement: links vs trivial baselines on the real clips, train and inference time.
 
-For each clip in ../shared/data/videos (*.mp4): profile all default-zoo models on every
+For each clip in ../shared/data/videos (*.mp4 and *.gif): profile all default-zoo models on every
 frame (cached as CACHE/<clip>.npz; profiling costs ~250 ms/frame on 2 CPU cores), train
 links on the first 50 % of the clip in time, test on the rest. Per target model: prior,
 hold-last (k = 4), best single link, ensemble of all others, ensemble + temporal (the
@@ -39,7 +39,7 @@ def main() -> int:
     args = ap.parse_args()
     cache, out = Path(args.cache), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    clips = sorted(Path(args.videos).glob("*.mp4"))
+    clips = sorted([*Path(args.videos).glob("*.mp4"), *Path(args.videos).glob("*.gif")])
     results = {}
     for clip in clips:
         f = cache / f"{clip.stem}.npz"

@@ -2,7 +2,7 @@
 """Start a throw-away 3-master Redis Cluster on loopback (for tests and demos).
 
 Each node is a ``redis-server`` (Debian's ``/usr/bin/redis-server`` by default,
-Redis >= 7 for ``CLUSTER ADDSLOTSRANGE``) with ``cluster-enabled yes``, its own
+or any Redis >= 6.2) with ``cluster-enabled yes``, its own
 port and a private temp dir, persistence off, bound to 127.0.0.1 only. The
 16384 slots are split in three ranges, the nodes MEET each other, and the
 script waits for ``cluster_state:ok`` on every node.
@@ -56,7 +56,7 @@ def _free_ports(n: int) -> list[int]:
 class LocalCluster:
     def __init__(self, masters: int = 3, binary: str | None = None, timeout: float = 20.0) -> None:
         self.masters = masters
-        self.binary = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.binary = binary or ("/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else shutil.which("redis-server") or "redis-server")
         self.timeout = timeout
         self.dir: Path | None = None
         self.ports: list[int] = []
@@ -83,7 +83,7 @@ class LocalCluster:
             for i, c in enumerate(clients):
                 lo = i * per
                 hi = SLOTS - 1 if i == self.masters - 1 else (i + 1) * per - 1
-                c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+                c.execute_command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))  # (ADDSLOTSRANGE needs Redis 7)
             for p in self.ports[1:]:
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p)
             deadline = time.monotonic() + self.timeout

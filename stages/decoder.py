@@ -27,7 +27,8 @@ import redis
 from pipeline.config import CameraConfig, Mode
 from pipeline.errors import UserError
 from pipeline.streams import CAMERAS_KEY, GROUP, FrameMsg, camera_key, encode_frame, frames_key, status_key, status_event
-from pipeline.video import iter_frames
+from pipeline.metrics import count_dropped, count_status
+from stages.live_source import LiveSource, RedisGuard, source_options
 
 EXIT_OK = 0
 EXIT_FAILED = 2  # a permanent failure (bad file...): the supervisor must not restart
@@ -77,7 +78,17 @@ class Decoder:
         self._room = 0  # frames that may still be sent before asking Redis again
 
     def status(self, event: str, **info: object) -> None:
-        self.r.xadd(self.skey, status_event(event, self.cam.name, **info), maxlen=1000, approximate=True)
+        try:
+            self.r.xadd(self.skey, status_event(event, self.cam.name, **info), maxlen=1000, approximate=True)
+            count_status(self.r, self.cam.name, event)
+        except redis.ConnectionError:
+            pass  # Redis away: the source keeps going; RedisGuard reports the outage when it is back
+
+    def _redis_restored(self, dropped: int, down_s: float) -> None:
+        register_camera(self.r, self.cam)  # Redis may have come back empty
+        if dropped:
+            count_dropped(self.r, self.cam.name, dropped)
+        self.status("redis_restored", reason=f"redis back after {down_s:.1f}s; {dropped} live frames dropped meanwhile", dropped=dropped)
 
     def run(self) -> int:
         cam = self.cam
@@ -92,45 +103,21 @@ class Decoder:
             sources = [cam.source if isinstance(cam.source, str) else cam.source[0]] if cam.is_rtsp else [str(p) for p in cam.files(self.base_dir)]
             if not sources:
                 raise UserError(f"camera {cam.name}: source matches no files: {cam.source}")
-            pos = 0  # position in the concatenated decoded-frame sequence (for resume)
-            pts_offset = 0.0
-            last_pts = -1.0
-            while True:
-                for src in sources:
-                    t0_wall = time.time()
-                    first_pts: float | None = None
-                    seg_last = 0.0
-                    for vf in iter_frames(src, fps=cam.fps, resize=cam.resize, rtsp_transport=cam.rtsp.transport,
-                                          open_timeout_s=cam.rtsp.open_timeout_s, read_timeout_s=cam.rtsp.read_timeout_s):
-                        if self.should_stop():
-                            self.status("stopped", frames=next_frame, first_frame=first_frame)
-                            return EXIT_OK
-                        pos += 1
-                        if pos <= skip_sources:
-                            continue
-                        if first_pts is None:
-                            first_pts = vf.pts
-                        # PTS stays monotonic across files, loops and resets; raw PTS is kept too.
-                        pts = pts_offset + vf.pts
-                        if pts <= last_pts:
-                            pts = last_pts + 1e-3
-                        last_pts, seg_last = pts, vf.pts
-                        if cam.mode is Mode.LIVE and not cam.is_rtsp:
-                            delay = (vf.pts - first_pts) - (time.time() - t0_wall)
-                            if delay > 0:
-                                time.sleep(delay)
-                        elif cam.mode is Mode.REPLAY:
-                            self._wait_for_room()
-                            if self.should_stop():
-                                self.status("stopped", frames=next_frame, first_frame=first_frame)
-                                return EXIT_OK
-                        h, w = vf.image.shape[:2]
-                        msg = FrameMsg(cam.name, next_frame, pts, vf.pts, time.time(), w, h, vf.image)
-                        self._send(msg, ckey, next_frame + 1, pos)
-                        next_frame += 1
-                    pts_offset = last_pts + 1e-3 if last_pts >= 0 else pts_offset + seg_last
-                if not cam.loop:
+            live = cam.mode is Mode.LIVE
+            guard = RedisGuard(live, self._redis_restored, self.should_stop)
+            src = LiveSource(sources, status=self.status, should_stop=self.should_stop, skip=skip_sources, **source_options(cam))
+            for sf in src:  # real decoded frames only: outages are status events, never blank frames
+                if cam.mode is Mode.REPLAY:
+                    self._wait_for_room()
+                if self.should_stop():
                     break
+                h, w = sf.image.shape[:2]
+                msg = FrameMsg(cam.name, next_frame, sf.pts, sf.pts_raw, time.time(), w, h, sf.image)
+                if guard.send(lambda: self._send(msg, ckey, next_frame + 1, sf.pos)):
+                    next_frame += 1  # else: Redis away, a live frame dropped (guard.dropped, metrics)
+            if self.should_stop():
+                self.status("stopped", frames=next_frame, first_frame=first_frame)
+                return EXIT_OK
             self.status("eos", frames=next_frame, first_frame=first_frame, sent=self.sent, dropped=self.dropped)
             return EXIT_OK
         except UserError as exc:

@@ -15,7 +15,11 @@ RTSP (and any live URL):
   reader is abandoned (its frames are ignored by generation number) and exits
   on its own read timeout.
 - Lost connections are retried with exponential backoff and jitter up to
-  ``max_attempts`` (then ``failed``, raised as :class:`SourceFailed`).
+  ``max_attempts`` (then ``failed``, raised as :class:`SourceFailed`). A source
+  that has not delivered a single frame yet gets only ``initial_attempts``
+  (default 2): a wrong URL, path or password at start-up is reported within
+  seconds as an error, while a camera that streamed once is retried for as long
+  as ``max_attempts`` allows (default: forever, like Frigate).
 - Every watchdog transition goes to the ``status`` callback with a reason:
   ``connecting``, ``connected``, ``stalled``, ``recovered``, ``lost``,
   ``reconnecting``, ``failed`` (and ``eos`` for files when ``emit_eos``).
@@ -41,6 +45,7 @@ loops (re-based by the unwrapper); ``pts_raw`` is the container's own value.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import random
 import threading
@@ -112,13 +117,30 @@ def watchdog_config_for(cam: Any) -> WatchdogConfig:
         "lost_after_s": getattr(rt, "lost_after_s", None),
         "backoff_initial_s": float(getattr(rt, "backoff_initial_s", 0.5)),
         "backoff_max_s": float(getattr(rt, "backoff_max_s", 30.0)),
-        "max_attempts": getattr(rt, "max_attempts", None),  # default: retry forever
+        "max_attempts": getattr(rt, "max_attempts", None),  # default: retry forever (after the first frame)
         # Opening includes RTSP setup and the wait for a keyframe.
         "connect_timeout_s": getattr(rt, "connect_timeout_s", None) or open_timeout + stall,
     }
     if kw["lost_after_s"] is not None:
         kw["lost_after_s"] = max(float(kw["lost_after_s"]), stall)
     return WatchdogConfig(**kw)
+
+
+def source_options(cam: Any) -> dict[str, Any]:
+    """:class:`LiveSource` keyword arguments for a :class:`pipeline.config.CameraConfig`."""
+    rt = getattr(cam, "rtsp", None)
+    live = getattr(getattr(cam, "mode", None), "value", "replay") == "live"
+    return {
+        "fps": cam.fps,
+        "resize": cam.resize,
+        "rtsp_transport": getattr(rt, "transport", "tcp"),
+        "open_timeout_s": float(getattr(rt, "open_timeout_s", 10.0)),
+        "read_timeout_s": float(getattr(rt, "read_timeout_s", 5.0)),
+        "watchdog": watchdog_config_for(cam),
+        "initial_attempts": getattr(rt, "initial_attempts", 2),
+        "loop": bool(getattr(cam, "loop", False)),
+        "realtime": live and not cam.is_rtsp,
+    }
 
 
 class LiveSource:
@@ -139,6 +161,7 @@ class LiveSource:
         realtime: bool = False,
         emit_eos: bool = False,
         file_events: bool = False,
+        initial_attempts: int | None = 2,
         max_queue: int = 4,
         poll_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
@@ -156,6 +179,7 @@ class LiveSource:
         self.should_stop = should_stop
         self.loop, self.skip, self.realtime, self.emit_eos = loop, skip, realtime, emit_eos
         self.file_events = file_events
+        self.initial_attempts = initial_attempts
         self.max_queue, self.poll_s = max_queue, poll_s
         self.clock = clock
         self.rng = rng
@@ -259,7 +283,10 @@ class LiveSource:
         return stop
 
     def _live(self) -> Iterator[SourceFrame]:
-        wd = self.watchdog = Watchdog(self.wd_cfg, is_file=False, rng=self.rng, now=self.clock())
+        first_cfg = self.wd_cfg
+        if self.initial_attempts is not None and (self.wd_cfg.max_attempts is None or self.initial_attempts < self.wd_cfg.max_attempts):
+            first_cfg = dataclasses.replace(self.wd_cfg, max_attempts=self.initial_attempts)
+        wd = self.watchdog = Watchdog(first_cfg, is_file=False, rng=self.rng, now=self.clock())
         self.status_fn("connecting", reason=f"opening {self.label}", source=self.label, attempt=0, prev="")
         q: queue.Queue[tuple[int, str, Any]] = queue.Queue()
         gen = 0
@@ -289,6 +316,8 @@ class LiveSource:
                     continue  # a straggler from an abandoned connection
                 now = self.clock()
                 if kind == "frame":
+                    if wd.cfg is not self.wd_cfg and wd.state is not SourceState.FAILED:
+                        wd.cfg = self.wd_cfg  # it streamed once: from now on the full reconnect budget
                     trs = wd.on_frame(now)
                     self._after(wd, trs, stop)
                     if wd.state is SourceState.STREAMING:

@@ -289,3 +289,56 @@ def test_supervisor_restarts_dead_children_with_backoff(priv: PrivateRedis) -> N
     assert all(code == 3 for code in c.history)
     assert delays[:3] == [0.5, 1.0, 1.0]  # exponential, capped at backoff_max_s
     assert 3 <= c.restarts <= 6
+
+
+# ------------------------------------------------------------ connections
+def test_password_and_tls_urls(tmp_path: Path) -> None:
+    """redis://:pw@ and rediss:// (TLS, self-signed) work; a wrong password is one clear line."""
+    import shutil
+    import subprocess
+
+    from pipeline.errors import UserError
+    from pipeline.redis_conn import connect
+
+    with PrivateRedis(password="s3cr3t") as srv:
+        assert connect(srv.url).ping()
+        with pytest.raises(UserError, match="authentication failed") as ei:
+            connect(srv.url.replace("s3cr3t", "nope"))
+        assert "nope" not in str(ei.value) and "***" in str(ei.value)
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI missing: TLS part not run")
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    from redis_private import _binary, free_port
+
+    port = free_port()
+    proc = subprocess.Popen([_binary(), "--bind", "127.0.0.1", "--save", "", "--requirepass", "pw", "--port", "0",
+                             "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                             "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"rediss://:pw@127.0.0.1:{port}/0?ssl_cert_reqs=none"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r = connect(url)
+                break
+            except UserError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.skip("this redis-server has no TLS support")
+                time.sleep(0.1)
+        assert r.ping() and r.connection_pool.connection_class.__name__ == "SSLConnection"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_embedded_server_has_no_tcp_listener() -> None:
+    from pipeline.redis_conn import EmbeddedRedis
+
+    with EmbeddedRedis(publish=False) as emb:
+        r = redis.Redis.from_url(emb.url)
+        assert emb.url.startswith("unix://")
+        assert r.config_get("port")["port"] == "0"
+        assert oct(emb.dir.stat().st_mode & 0o777) == "0o700"
