@@ -175,8 +175,8 @@ class Worker:
             if cam in self.cameras:
                 continue
             info = self.r.hgetall(camera_key(cam))
-            if not info:
-                continue
+            if b"models" not in info:
+                continue  # registered but its decoder has not published its models yet
             try:
                 self._add_camera(cam, info)
             except UserError as exc:
