@@ -216,7 +216,7 @@ def apply_policy_args(cfg: Any, policy: str | None, budget: str | None) -> None:
         raise UserError(f"--policy/--budget: {_first_error(exc)}") from None
 
 
-def prepare_costs(cfg: Any, r: Any, *, check_budget: bool) -> dict[str, Any]:
+def prepare_costs(cfg: Any, r: Any, *, check_budget: bool, remeasure: bool = False) -> dict[str, Any]:
     """Measure (or read cached) model costs on this device, publish them, check the budget."""
     from links.budget import ModelCost, parse_budget
     from pipeline.costs import measure_all
@@ -234,7 +234,7 @@ def prepare_costs(cfg: Any, r: Any, *, check_budget: bool) -> dict[str, Any]:
             frames.append(vf.image)
         if len(frames) >= 6:
             break
-    costs = measure_all(build_models(specs.values()), specs, frames, progress=True)
+    costs = measure_all(build_models(specs.values()), specs, frames, remeasure=remeasure, progress=True)
     store_costs(r, costs)
     if check_budget and cfg.scheduler.budget:
         mc = {n: ModelCost(n, c.ms, c.mem_mb, c.gpu_mb) for n, c in costs.items()}

@@ -306,6 +306,7 @@ class Worker:
     # -------------------------------------------------------------- process
     def process(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
         t_read = time.time()
+        t_start = time.perf_counter()
         frames: list[tuple[str, bytes, FrameMsg]] = []
         done_bad: list[tuple[str, bytes]] = []
         for key, eid, fields in entries:
@@ -353,14 +354,24 @@ class Worker:
             return pipes[k]
 
         counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        built = []
         for i, (key, eid, msg) in enumerate(frames):
-            cam = key[len("frames:{") : -1]
             cs = self.cameras.get(msg.camera)
             models = cs.models if cs else []
+            t_fill = time.perf_counter()
             self.policy.observe(msg.camera, msg, outputs[i])
             others = [m for m in models if m not in outputs[i]]
             filled = self.policy.fill(msg.camera, msg, outputs[i], others) if others else {}
+            fill_ms = (time.perf_counter() - t_fill) * 1000
             rec = self.build_record(msg, models, outputs[i], filled, per_frame_ms[i], t_read)
+            rec["latency_ms"]["links"] = round(fill_ms, 3)
+            built.append((key, eid, msg, cs, rec))
+        # The worker's processing time per frame (decode, policy, models, links, records),
+        # so benchmarks can tell model time from overhead.
+        worker_ms = round((time.perf_counter() - t_start) * 1000 / max(len(frames), 1), 3)
+        for key, eid, msg, cs, rec in built:
+            rec["latency_ms"]["worker"] = worker_ms
+            cam = key[len("frames:{") : -1]
             maxlen = cs.results_max_len if cs else 100_000
             pipe = pipe_for(cam)
             # The record goes to the stream the frame came from (same slot as the frame).

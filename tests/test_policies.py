@@ -387,7 +387,21 @@ def test_ours_greedy_ranks_by_gain_per_cost_not_gain() -> None:
     plan = OursPolicy(compare_baselines=False).plan(inp)
     assert plan.rates == {"x": 0.0, "a": 1.0, "b": 1.0, "c": 1.0}
     assert plan.expected_accuracy == pytest.approx(0.75)
-    assert plan.notes["chosen_from"] == "greedy"
+    assert plan.notes["chosen_from"] == "greedy+fill"  # the budget was already full: fill added nothing
+
+
+def test_ours_spends_budget_the_estimate_calls_useless() -> None:
+    # The estimate says the hub predicts everything perfectly, so the greedy stops after
+    # the hub; estimates from a small profiling sample are optimistic, so the rest of the
+    # budget goes to raising other models' rates instead of being left unused.
+    costs = costs_of({"hub": 10.0, "a": 20.0, "b": 20.0})
+    inp = PlanInputs(list(costs), costs, ResolvedBudget("ms", 30.0), estimate=hub_estimate("hub"))
+    lean = OursPolicy(fill_budget=False).plan(inp)
+    assert lean.rates == {"hub": 1.0, "a": 0.0, "b": 0.0} and lean.budget_used == pytest.approx(10.0)
+    full = OursPolicy().plan(inp)
+    assert full.rates["hub"] == 1.0
+    assert full.budget_used <= 30.0 + 1e-9 and full.budget_used >= 25.0
+    assert full.expected_accuracy == pytest.approx(1.0)
 
 
 def test_ours_uses_rates_when_held_outputs_age_gracefully() -> None:
