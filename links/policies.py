@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -955,6 +955,16 @@ class OursPolicy(Policy):
             return b.within(peak)
         return True
 
+    def _fitting_upgrades(self, inp: PlanInputs, rates: Mapping[str, float], levels: list[float]) -> Iterator[tuple[str, float, dict[str, float], float]]:
+        """Every single-model rate increase that fits: (model, new rate, rates, budget used)."""
+        for m in inp.models:
+            for r in levels:
+                if r <= rates[m]:
+                    continue
+                cand = {**rates, m: r}
+                if self._feasible(inp, cand):
+                    yield m, r, cand, inp.budget.used(inp.models, inp.costs, cand)
+
     def _spend_rest(self, inp: PlanInputs, objective: Any, rates: dict[str, float], weights: Mapping[str, float],
                     levels: list[float], order: Mapping[str, int]) -> tuple[dict[str, float], float]:
         """Use budget the greedy left unused (its estimates come from a small profiling
@@ -967,19 +977,12 @@ class OursPolicy(Policy):
         while True:
             best_key: tuple | None = None
             best = None
-            for m in inp.models:
-                for r in levels:
-                    if r <= rates[m]:
-                        continue
-                    cand = {**rates, m: r}
-                    if not self._feasible(inp, cand):
-                        continue
-                    cand_used = inp.budget.used(inp.models, inp.costs, cand)
-                    extra = max(cand_used - used, 1e-9)
-                    need = weights[m] * (1.0 - per_model[m] + 0.02) * (r - rates[m])
-                    key = (need / extra, -order[m], -r)
-                    if best_key is None or key > best_key:
-                        best_key, best = key, (cand, cand_used)
+            for m, r, cand, cand_used in self._fitting_upgrades(inp, rates, levels):
+                extra = max(cand_used - used, 1e-9)
+                need = weights[m] * (1.0 - per_model[m] + 0.02) * (r - rates[m])
+                key = (need / extra, -order[m], -r)
+                if best_key is None or key > best_key:
+                    best_key, best = key, (cand, cand_used)
             if best is None:
                 return rates, value
             cand, cand_used = best
@@ -1006,23 +1009,16 @@ class OursPolicy(Policy):
         while True:
             best_key: tuple | None = None
             best: tuple[dict[str, float], float, float] | None = None
-            for m in inp.models:
-                for r in levels:
-                    if r <= rates[m]:
-                        continue
-                    cand = {**rates, m: r}
-                    if not self._feasible(inp, cand):
-                        continue
-                    v, _ = objective(cand)
-                    gain = v - value
-                    if gain <= 1e-12:
-                        continue
-                    cand_used = inp.budget.used(inp.models, inp.costs, cand)
-                    extra = cand_used - used
-                    ratio = gain / extra if extra > 1e-12 else math.inf
-                    key = (ratio, gain, -extra, -order[m], -r)
-                    if best_key is None or key > best_key:
-                        best_key, best = key, (cand, v, cand_used)
+            for m, r, cand, cand_used in self._fitting_upgrades(inp, rates, levels):
+                v, _ = objective(cand)
+                gain = v - value
+                if gain <= 1e-12:
+                    continue
+                extra = cand_used - used
+                ratio = gain / extra if extra > 1e-12 else math.inf
+                key = (ratio, gain, -extra, -order[m], -r)
+                if best_key is None or key > best_key:
+                    best_key, best = key, (cand, v, cand_used)
             if best is None:
                 break
             rates, value, used = best
