@@ -55,7 +55,6 @@ def run_once(url: str, video: str, n_cams: int, encoding: str, workers: int) -> 
     finally:
         bar.close()
         sup.stop()
-    lat = []
     dt = (last - first) if first and last and last > first else float("nan")
     return {"frames": n, "seconds": dt, "fps": (n - 1) / dt if dt == dt else float("nan")}
 

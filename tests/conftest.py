@@ -148,22 +148,22 @@ def not_video_file(tmp_path: Path) -> Path:
     return p
 
 
+def _truncated_copy(src: Path, dst: Path, fraction: float = 0.35) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
 @pytest.fixture
 def truncated_mp4(tmp_path: Path, videos_dir: Path) -> Path:
     """First 35% of intel_car-detection.mp4 (moov first): opens, fails mid-decode."""
-    data = (videos_dir / CAR_MP4).read_bytes()
-    p = tmp_path / "truncated_car.mp4"
-    p.write_bytes(data[: int(len(data) * 0.35)])
-    return p
+    return _truncated_copy(videos_dir / CAR_MP4, tmp_path / "truncated_car.mp4")
 
 
 @pytest.fixture
 def truncated_at_open_mp4(tmp_path: Path, videos_dir: Path) -> Path:
     """First 35% of the trimmed mp4 (moov last): FFmpeg cannot even open it."""
-    data = (videos_dir / TRIMMED_MP4).read_bytes()
-    p = tmp_path / "truncated_trimmed.mp4"
-    p.write_bytes(data[: int(len(data) * 0.35)])
-    return p
+    return _truncated_copy(videos_dir / TRIMMED_MP4, tmp_path / "truncated_trimmed.mp4")
 
 
 # -------------------------------------------------------------------- helpers

@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -97,6 +98,15 @@ def test_bad_rtsp_camera_errors_while_other_continues(priv: PrivateRedis, case: 
     assert n2 > n1 >= 20  # the other camera keeps going
 
 
+def _wait_for_records(sup: Any, r: Any, n: int, within_s: float) -> None:
+    """Let the supervisor work until results:{cam} holds ``n`` records (or fail)."""
+    t0 = time.monotonic()
+    while r.xlen(results_key("cam")) < n:
+        sup.poll()
+        assert time.monotonic() - t0 < within_s
+        time.sleep(0.05)
+
+
 def test_rtsp_restart_through_decoder(priv: PrivateRedis) -> None:
     from pipeline.supervisor import Supervisor
     from stages.decoder import prepare_camera
@@ -108,11 +118,7 @@ def test_rtsp_restart_through_decoder(priv: PrivateRedis) -> None:
         prepare_camera(r, "cam", fresh=True)
         sup = Supervisor(cfg, priv.url, workers=1, claim_idle_ms=1000).start()
         try:
-            t0 = time.monotonic()
-            while r.xlen(results_key("cam")) < 10:
-                sup.poll()
-                assert time.monotonic() - t0 < 30
-                time.sleep(0.05)
+            _wait_for_records(sup, r, 10, within_s=30)
             srv.stop()
             time.sleep(2.0)
             srv.start()
@@ -146,11 +152,7 @@ def test_live_decoder_drops_and_counts_while_redis_is_away(priv: PrivateRedis) -
         prepare_camera(r, "cam", fresh=True)
         sup = Supervisor(cfg, priv.url, workers=1, claim_idle_ms=1000).start()
         try:
-            t0 = time.monotonic()
-            while r.xlen(results_key("cam")) < 10:
-                sup.poll()
-                assert time.monotonic() - t0 < 30
-                time.sleep(0.05)
+            _wait_for_records(sup, r, 10, within_s=30)
             priv.kill()
             time.sleep(3.0)
             priv.start()
