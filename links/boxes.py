@@ -29,8 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from links.metrics import box_matches, f1_from
+from links.outputs import ModelOutput, OutputKind
 from links.samples import AlignedSamples
-from pipeline.outputs import ModelOutput, OutputKind
 
 N_FEAT = 11
 RULES: dict[str, tuple[float, float, float, float]] = {

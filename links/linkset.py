@@ -31,11 +31,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from links import nets
+from links.errors import LinksError
 from links.metrics import correct
+from links.outputs import ModelOutput, OutputKind
 from links.samples import AlignedSamples, ModelMeta
 from links.views import View, make_view, output_fields
-from pipeline.errors import UserError
-from pipeline.outputs import ModelOutput, OutputKind
 
 FORMAT = "mlink-links"
 FORMAT_VERSION = 1
@@ -159,16 +159,16 @@ class LinkSet:
         return [n for n in self.names if n != target]
 
     def check_models(self, models: Sequence[ModelMeta], where: str = "links") -> None:
-        """UserError (one line) unless ``models`` are exactly the models these links know."""
+        """LinksError (one line) unless ``models`` are exactly the models these links know."""
         mine = {m.name: m for m in self.models}
         theirs = {m.name: m for m in models}
         if set(mine) != set(theirs):
             extra = sorted(set(theirs) - set(mine))
             missing = sorted(set(mine) - set(theirs))
-            raise UserError(f"{where}: links were trained for models {sorted(mine)}; got {sorted(theirs)} (unknown: {extra}, absent: {missing})")
+            raise LinksError(f"{where}: links were trained for models {sorted(mine)}; got {sorted(theirs)} (unknown: {extra}, absent: {missing})")
         for n, m in theirs.items():
             if m.kind is not mine[n].kind or tuple(m.classes) != tuple(mine[n].classes):
-                raise UserError(f"{where}: model {n} is {m.kind.value} {list(m.classes)}, links expect {mine[n].kind.value} {list(mine[n].classes)}")
+                raise LinksError(f"{where}: model {n} is {m.kind.value} {list(m.classes)}, links expect {mine[n].kind.value} {list(mine[n].classes)}")
 
     def _std(self, samples: AlignedSamples, name: str) -> np.ndarray:
         v = self.view[name]
@@ -178,9 +178,9 @@ class LinkSet:
         have = {m.name: m for m in samples.models}
         for m in self.models:
             if m.name not in have:
-                raise UserError(f"samples lack model {m.name} that the links need")
+                raise LinksError(f"samples lack model {m.name} that the links need")
             if have[m.name].kind is not m.kind or tuple(have[m.name].classes) != tuple(m.classes):
-                raise UserError(f"samples: model {m.name} differs from the one the links were trained on")
+                raise LinksError(f"samples: model {m.name} differs from the one the links were trained on")
 
     # ------------------------------------------------------------ training
     @classmethod
@@ -202,9 +202,9 @@ class LinkSet:
     ) -> "LinkSet":
         """Train all pairwise links and every target's ensemble on aligned samples."""
         if len(samples) < 2:
-            raise UserError(f"need at least 2 aligned samples to train links, got {len(samples)}")
+            raise LinksError(f"need at least 2 aligned samples to train links, got {len(samples)}")
         if len(samples.models) < 2:
-            raise UserError("need at least 2 models to link")
+            raise LinksError("need at least 2 models to link")
         ens_epochs = epochs if ens_epochs is None else ens_epochs
         views = []
         for m in samples.models:
@@ -674,7 +674,7 @@ class LinkSet:
         """
         self._check_samples(samples)
         if len(samples) < 2:
-            raise UserError(f"need at least 2 aligned samples to fine-tune links, got {len(samples)}")
+            raise LinksError(f"need at least 2 aligned samples to fine-tune links, got {len(samples)}")
         seed = self.version if seed is None else seed
         self._fit(samples, epochs=epochs, ens_epochs=epochs, lr=lr, progress=progress, threads=1, seed=seed, desc="fine-tune links")
         self.version += 1
@@ -735,28 +735,28 @@ class LinkSet:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "links") -> "LinkSet":
-        """Inverse of :meth:`to_bytes`; anything wrong is a one-line UserError."""
+        """Inverse of :meth:`to_bytes`; anything wrong is a one-line LinksError."""
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 return cls._from_npz(z, where)
-        except UserError:
+        except LinksError:
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{where}: not a readable links file ({msg})") from None
+            raise LinksError(f"{where}: not a readable links file ({msg})") from None
 
     @classmethod
     def _from_npz(cls, z: Any, where: str) -> "LinkSet":
         if "__meta__" not in z.files:
-            raise UserError(f"{where}: not an mlink links file (no metadata)")
+            raise LinksError(f"{where}: not an mlink links file (no metadata)")
         try:
             meta = json.loads(str(z["__meta__"][()]))
         except ValueError as exc:
-            raise UserError(f"{where}: unreadable links metadata ({exc})") from None
+            raise LinksError(f"{where}: unreadable links metadata ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UserError(f"{where}: not an mlink links file")
+            raise LinksError(f"{where}: not an mlink links file")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{where}: links format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION}); retrain with 'mlink links train'")
+            raise LinksError(f"{where}: links format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION}); retrain with 'mlink links train'")
         try:
             views = [View.from_json(d) for d in meta["views"]]
             temporal = bool(meta["temporal"])
@@ -799,9 +799,9 @@ class LinkSet:
                     if not np.all(np.isfinite(a)):
                         raise ValueError(f"non-finite weights for target {j}")
         except KeyError as exc:
-            raise UserError(f"{where}: links file is missing {exc}") from None
+            raise LinksError(f"{where}: links file is missing {exc}") from None
         except (ValueError, TypeError) as exc:
-            raise UserError(f"{where}: corrupt or mismatched links file: {exc}") from None
+            raise LinksError(f"{where}: corrupt or mismatched links file: {exc}") from None
         return cls(
             views, pairs, ens, priors, temporal=temporal, version=int(meta.get("version", 1)), sample_counts=meta.get("sample_counts"), options=meta.get("options"), gates=gates
         )
@@ -810,7 +810,7 @@ class LinkSet:
         """Write ``DIR/links.npz`` (atomically) and ``DIR/links.json``; returns the .npz path."""
         d = Path(directory)
         if d.exists() and not d.is_dir():
-            raise UserError(f"{d}: exists and is not a directory")
+            raise LinksError(f"{d}: exists and is not a directory")
         d.mkdir(parents=True, exist_ok=True)
         p = d / "links.npz"
         tmp = d / ".links.npz.tmp"
@@ -825,11 +825,11 @@ class LinkSet:
         d = Path(directory)
         p = d / "links.npz" if d.is_dir() else d
         if not p.exists():
-            raise UserError(f"{p}: links file not found (train with 'mlink links train')")
+            raise LinksError(f"{p}: links file not found (train with 'mlink links train')")
         try:
             data = p.read_bytes()
         except OSError as exc:
-            raise UserError(f"{p}: cannot read: {exc.strerror or exc}") from None
+            raise LinksError(f"{p}: cannot read: {exc.strerror or exc}") from None
         return cls.from_bytes(data, where=str(p))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.outputs import ModelOutput, OutputKind
+from links.outputs import ModelOutput, OutputKind
 
 SCALAR_ABS_TOL = 0.005
 SCALAR_REL_TOL = 0.10

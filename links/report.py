@@ -26,9 +26,9 @@ import numpy as np
 
 from links.linkset import LinkSet, held_index
 from links.metrics import correct, scalar_tolerance
+from links.outputs import OutputKind
 from links.samples import AlignedSamples
 from links.views import output_fields
-from pipeline.outputs import OutputKind
 
 
 def _prior_fields(ls: LinkSet, target: str, n: int) -> dict[str, np.ndarray]:

@@ -32,8 +32,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pipeline.errors import UserError
-from pipeline.outputs import ModelOutput, OutputKind
+from links.errors import LinksError
+from links.outputs import ModelOutput, OutputKind
 
 FORMAT = "mlink-aligned-samples"
 FORMAT_VERSION = 1
@@ -233,13 +233,13 @@ class AlignedSamples:
         try:
             meta = json.loads(str(z["__meta__"][()]))
         except KeyError:
-            raise UserError(f"{where}: not an mlink aligned-samples file (no metadata)") from None
+            raise LinksError(f"{where}: not an mlink aligned-samples file (no metadata)") from None
         except (ValueError, TypeError) as exc:
-            raise UserError(f"{where}: unreadable aligned-samples metadata: {exc}") from None
+            raise LinksError(f"{where}: unreadable aligned-samples metadata: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UserError(f"{where}: not an mlink aligned-samples file")
+            raise LinksError(f"{where}: not an mlink aligned-samples file")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{where}: aligned-samples format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+            raise LinksError(f"{where}: aligned-samples format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
         try:
             models = [ModelMeta.from_json(d) for d in meta["models"]]
             n = int(meta["n"])
@@ -277,27 +277,27 @@ class AlignedSamples:
                         ModelOutput(m.kind, m.classes, value=float(v), grid=None if grid is None else grid[i]) for i, v in enumerate(vals)
                     ]
         except KeyError as exc:
-            raise UserError(f"{where}: aligned-samples file is missing array {exc}") from None
+            raise LinksError(f"{where}: aligned-samples file is missing array {exc}") from None
         except (ValueError, TypeError) as exc:
-            raise UserError(f"{where}: corrupt aligned-samples file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise LinksError(f"{where}: corrupt aligned-samples file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> "AlignedSamples":
-        """Read a file written by :meth:`save`; any problem is one-line UserError."""
+        """Read a file written by :meth:`save`; any problem is one-line LinksError."""
         p = Path(path)
         if not p.exists():
-            raise UserError(f"{p}: samples file not found")
+            raise LinksError(f"{p}: samples file not found")
         if not p.is_file():
-            raise UserError(f"{p}: not a regular file")
+            raise LinksError(f"{p}: not a regular file")
         try:
             with np.load(p, allow_pickle=False) as z:
                 return cls.from_arrays(z, where=str(p))
-        except UserError:
+        except LinksError:
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{p}: not a readable .npz samples file ({msg})") from None
+            raise LinksError(f"{p}: not a readable .npz samples file ({msg})") from None
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -309,7 +309,7 @@ class AlignedSamples:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 return cls.from_arrays(z, where="samples")
-        except UserError:
+        except LinksError:
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-            raise UserError(f"samples: not a readable .npz payload ({type(exc).__name__})") from None
+            raise LinksError(f"samples: not a readable .npz payload ({type(exc).__name__})") from None

@@ -39,8 +39,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from links.metrics import scalar_tolerance
+from links.outputs import ModelOutput, OutputKind
 from links.samples import ModelMeta
-from pipeline.outputs import ModelOutput, OutputKind
 
 GRID = 3  # coarse occupancy grid of detectors (GxG cells)
 KMAX = 12  # largest count bin of a count head
@@ -320,8 +321,6 @@ class View:
         probs: ``probs`` (n,C); scalar: ``value`` (n,), ``scale`` (n,) Laplace b, ``grid``;
         always ``confidence`` (n,) = the head's probability of being exactly right.
         """
-        from links.metrics import scalar_tolerance
-
         head = np.asarray(head, np.float64).reshape(-1, self.head_dim)
         n = len(head)
         segs = self.segments

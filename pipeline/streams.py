@@ -1,15 +1,14 @@
-"""Stream names and the codecs for what travels through them.
+"""The codecs for what travels through the streams: frames, records, status events.
 
-Key names put the camera in a Redis Cluster hash tag (``frames:{cam}``), so all
-of one camera's keys live in one slot. Frames are Redis stream entries with
-flat fields; records and status events are JSON in one field.
+Frames are Redis stream entries with flat fields; records and status events are
+JSON in one field. Key names live in :mod:`pipeline.keys`.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,29 +17,6 @@ import cv2
 import numpy as np
 
 SCHEMA_VERSION = 1
-GROUP = "scheduler"
-CAMERAS_KEY = "mlink:cameras"  # set of registered camera names
-
-
-def frames_key(cam: str) -> str:
-    return f"frames:{{{cam}}}"
-
-
-def results_key(cam: str) -> str:
-    return f"results:{{{cam}}}"
-
-
-def status_key(cam: str) -> str:
-    return f"status:{{{cam}}}"
-
-
-def camera_key(cam: str) -> str:
-    """Hash with the camera's settings (models...) so remote workers need no config."""
-    return f"camera:{{{cam}}}"
-
-
-def camera_keys(cam: str) -> list[str]:
-    return [frames_key(cam), results_key(cam), status_key(cam), camera_key(cam)]
 
 
 def consumer_name() -> str:

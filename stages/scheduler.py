@@ -38,70 +38,32 @@ from typing import Any, Callable, Protocol
 
 import redis
 
+from links.outputs import ModelOutput, Origin
+from links.samples import ModelMeta
 from pipeline.config import resolve_model_spec
 from pipeline.errors import UserError
-from pipeline.metrics import count_origin, metrics_key
-from pipeline.outputs import ModelOutput, Origin
-from pipeline.streams import (
+from pipeline.keys import (
     CAMERAS_KEY,
     GROUP,
+    camera_key,
+    frames_key,
+    metrics_key,
+    results_key,
+    status_key,
+)
+from pipeline.metrics import count_origin
+from pipeline.redis_conn import connect, is_cluster
+from pipeline.streams import (
     SCHEMA_VERSION,
     BadFrame,
     FrameMsg,
-    camera_key,
     consumer_name,
     decode_frame,
-    frames_key,
-    results_key,
     status_event,
-    status_key,
 )
 from pipeline.zoo import Model, build_model
-
-
-@dataclass
-class Filled:
-    """A non-executed model's output as the policy derived it."""
-
-    origin: Origin
-    output: ModelOutput | None
-    via: tuple[str, ...] = ()
-    confidence: float | None = None
-
-
-class FramePolicy(Protocol):
-    """Decides per frame which models execute and how the others are filled."""
-
-    name: str
-
-    def decide(self, camera: str, frame: FrameMsg, models: list[str]) -> set[str]: ...
-
-    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]: ...
-
-    def describe(self, camera: str) -> dict[str, Any]: ...
-
-    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
-        """Sees every executed output (profiling samples, held values, adaptation)."""
-        ...
-
-
-class AllPolicy:
-    """The reference: every model executes on every frame."""
-
-    name = "all"
-
-    def decide(self, camera: str, frame: FrameMsg, models: list[str]) -> set[str]:
-        return set(models)
-
-    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]:
-        return {m: Filled(Origin.MISSING, None) for m in others}
-
-    def describe(self, camera: str) -> dict[str, Any]:
-        return {"name": self.name, "budget": None}
-
-    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
-        pass
-
+from stages.frame_policy import AllPolicy, Filled, FramePolicy
+from stages.policy_runtime import make_frame_policy
 
 # Errors that mean "Redis is (temporarily) unreachable": retried, never fatal.
 _REDIS_DOWN: tuple[type[BaseException], ...] = (
@@ -160,8 +122,6 @@ class Worker:
         self._last_claim = time.monotonic()
         self._reclaimed_by_cam: dict[str, int] = {}
         self._rr = 0  # round-robin start for per-camera reads (cluster)
-        from pipeline.redis_conn import is_cluster
-
         self.cluster = is_cluster(r)
 
     # -------------------------------------------------------------- cameras
@@ -189,8 +149,6 @@ class Worker:
                 self.models[s.name] = build_model(s)
                 self.model_specs[s.name] = s
         if hasattr(self.policy, "bind"):
-            from links.samples import ModelMeta
-
             self.policy.bind({s.name: ModelMeta.of(self.models[s.name]) for s in specs})
         self._ensure_group(cam)
         self.cameras[cam] = CameraState(cam, [s.name for s in specs], int(info.get(b"results_max_len", 100_000)))
@@ -446,8 +404,6 @@ class Worker:
 
 def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_idle_ms: int = 10_000) -> int:
     """Process entry point (the supervisor starts N of these)."""
-    from pipeline.redis_conn import connect
-
     stop = {"flag": False}
 
     def _stop(*_: object) -> None:
@@ -459,14 +415,3 @@ def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_
     policy = make_frame_policy(policy_name, r)
     Worker(r, policy, batch=batch, claim_idle_ms=claim_idle_ms, should_stop=lambda: stop["flag"]).run()
     return 0
-
-
-def make_frame_policy(name: str, r: redis.Redis | None = None, **options: Any) -> FramePolicy:
-    """Policy by name; the budgeted ones live in :mod:`stages.policy_runtime`."""
-    if name == "all":
-        return AllPolicy()
-    try:
-        from stages.policy_runtime import make_runtime_policy
-    except ImportError:
-        raise UserError(f"unknown policy {name!r} (available: all)") from None
-    return make_runtime_policy(name, r, **options)

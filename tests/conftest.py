@@ -173,9 +173,9 @@ def write_config(path: Path, data: dict[str, Any] | str) -> Path:
 
 
 def mlink_cmd() -> list[str]:
-    """The installed console script, else ``python -m pipeline.cli``."""
+    """The installed console script, else ``python -m pipeline.app.cli``."""
     script = Path(sys.executable).parent / "mlink"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "pipeline.app.cli"]
 
 
 def run_mlink(*args: str | Path, timeout: float = 120, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

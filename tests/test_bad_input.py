@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import CHEAP_MODELS, TRUNCATED_CAR_FRAMES, assert_one_line_error, read_jsonl, run_mlink, write_config
+from conftest import (
+    CHEAP_MODELS,
+    TRUNCATED_CAR_FRAMES,
+    assert_one_line_error,
+    read_jsonl,
+    run_mlink,
+    write_config,
+)
 
-from pipeline.streams import status_key
+from pipeline.keys import status_key
 from tests.rtsp_fixture import free_port
 
 

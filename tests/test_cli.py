@@ -11,9 +11,19 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from conftest import CHEAP_MODELS, DEFAULT_ZOO, GIF23, GIF35, check_record, mlink_cmd, read_jsonl, run_mlink, write_config
+from conftest import (
+    CHEAP_MODELS,
+    DEFAULT_ZOO,
+    GIF23,
+    GIF35,
+    check_record,
+    mlink_cmd,
+    read_jsonl,
+    run_mlink,
+    write_config,
+)
 
-from pipeline.streams import results_key
+from pipeline.keys import results_key
 
 
 @pytest.fixture
@@ -120,7 +130,7 @@ def stop_run(proc: subprocess.Popen, log: Path) -> tuple[int, str, list[psutil.P
 
 def wait_registered(url: str, cam: str, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
     """`mlink tail` on a camera no decoder registered yet is a user error: wait for it."""
-    from pipeline.streams import CAMERAS_KEY
+    from pipeline.keys import CAMERAS_KEY
 
     r = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout

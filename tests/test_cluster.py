@@ -20,8 +20,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 from redis_cluster import LocalCluster  # noqa: E402
 
 from pipeline.config import parse_config  # noqa: E402
+from pipeline.keys import frames_key, results_key, status_key  # noqa: E402
 from pipeline.redis_conn import connect, is_cluster  # noqa: E402
-from pipeline.streams import frames_key, results_key, status_key  # noqa: E402
 
 VIDEOS = REPO.parent / "shared" / "data" / "videos"
 GIFS = {"aisle": "intel_preview_store-aisle-detection.gif", "zone": "intel_preview_worker-zone-detection.gif"}
@@ -51,7 +51,7 @@ def test_cluster_url_gives_cluster_client(cluster: LocalCluster) -> None:
 
 
 def test_pipeline_end_to_end_on_cluster(cluster: LocalCluster) -> None:
-    from pipeline.supervisor import Supervisor
+    from pipeline.app.supervisor import Supervisor
     from stages.decoder import prepare_camera
 
     cfg = parse_config({

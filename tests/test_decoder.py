@@ -10,7 +10,8 @@ import redis
 from conftest import CAR_MP4, GIF23, GIF35, TRUNCATED_CAR_FRAMES
 
 from pipeline.config import parse_config
-from pipeline.streams import CAMERAS_KEY, GROUP, camera_key, decode_frame, frames_key, status_key
+from pipeline.keys import CAMERAS_KEY, GROUP, camera_key, frames_key, status_key
+from pipeline.streams import decode_frame
 from stages.decoder import EXIT_FAILED, EXIT_OK, Decoder, prepare_camera
 
 

@@ -20,7 +20,7 @@ from redis_private import PrivateRedis  # noqa: E402
 from rtsp_fixture import free_port, rtsp_available, start_rtsp_server  # noqa: E402
 
 from pipeline.config import parse_config  # noqa: E402
-from pipeline.streams import results_key, status_key  # noqa: E402
+from pipeline.keys import results_key, status_key  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 CAR = VIDEOS / "intel_car-detection.mp4"
@@ -58,7 +58,7 @@ def _events(r: redis.Redis, cam: str) -> list[dict]:
     ("wrong_credentials", "401"),
 ])
 def test_bad_rtsp_camera_errors_while_other_continues(priv: PrivateRedis, case: str, needle: str) -> None:
-    from pipeline.supervisor import Supervisor
+    from pipeline.app.supervisor import Supervisor
     from stages.decoder import prepare_camera
 
     with start_rtsp_server(CAR) as good, start_rtsp_server(CAR, user="alice", password="s3cr3t") as auth:
@@ -108,7 +108,7 @@ def _wait_for_records(sup: Any, r: Any, n: int, within_s: float) -> None:
 
 
 def test_rtsp_restart_through_decoder(priv: PrivateRedis) -> None:
-    from pipeline.supervisor import Supervisor
+    from pipeline.app.supervisor import Supervisor
     from stages.decoder import prepare_camera
 
     with start_rtsp_server(CAR) as srv:
@@ -143,7 +143,7 @@ def test_rtsp_restart_through_decoder(priv: PrivateRedis) -> None:
 
 
 def test_live_decoder_drops_and_counts_while_redis_is_away(priv: PrivateRedis) -> None:
-    from pipeline.supervisor import Supervisor
+    from pipeline.app.supervisor import Supervisor
     from stages.decoder import prepare_camera
 
     with start_rtsp_server(CAR) as srv:

@@ -3,8 +3,8 @@
 import numpy as np
 
 from links.boxes import BoxLink, match_pairs, rule_boxes
+from links.outputs import ModelOutput, OutputKind
 from links.samples import AlignedSamples, ModelMeta
-from pipeline.outputs import ModelOutput, OutputKind
 
 PERSON = ModelMeta("person_det", OutputKind.DETECTIONS, ("person",))
 UPPER = ModelMeta("upper_det", OutputKind.DETECTIONS, ("upper_body",))

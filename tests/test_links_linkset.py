@@ -8,9 +8,9 @@ import pytest
 
 from links.linkset import LinkSet
 from links.metrics import model_accuracy
+from links.outputs import ModelOutput, OutputKind
 from links.samples import AlignedSamples, ModelMeta
 from pipeline.errors import UserError
-from pipeline.outputs import ModelOutput, OutputKind
 
 MODELS = [
     ModelMeta("src", OutputKind.DETECTIONS, ("person",)),

@@ -8,7 +8,7 @@ import pytest
 
 from links.linkset import LinkSet
 from links.samples import AlignedSamples
-from pipeline.cli_links import add_parsers
+from pipeline.app.cli_links import add_parsers
 from pipeline.errors import UserError
 from stages.profiler import profile_videos
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from links.outputs import ModelOutput, OutputKind
 from links.samples import AlignedSamples, ModelMeta
 from pipeline.errors import UserError
-from pipeline.outputs import ModelOutput, OutputKind
 
 MODELS = [
     ModelMeta("det", OutputKind.DETECTIONS, ("person", "car")),

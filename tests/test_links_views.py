@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from links.metrics import agreement, box_f1, model_accuracy
+from links.outputs import ModelOutput, OutputKind
 from links.samples import ModelMeta
 from links.views import View, make_view
-from pipeline.outputs import ModelOutput, OutputKind
 
 DET = ModelMeta("det", OutputKind.DETECTIONS, ("person", "car"))
 PROBS = ModelMeta("cls", OutputKind.PROBS, ("dark", "dim", "bright"))

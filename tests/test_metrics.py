@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redis_private import PrivateRedis  # noqa: E402
 
 from pipeline.config import parse_config  # noqa: E402
+from pipeline.keys import frames_key  # noqa: E402
 from pipeline.metrics import count_status, serve_metrics  # noqa: E402
-from pipeline.streams import FrameMsg, encode_frame, frames_key  # noqa: E402
+from pipeline.streams import FrameMsg, encode_frame  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 GIF = VIDEOS / "intel_preview_people-detection.gif"
@@ -82,7 +83,7 @@ def test_metrics_endpoint_per_camera(priv: PrivateRedis) -> None:
 
 
 def test_supervisor_serves_restart_counts(priv: PrivateRedis) -> None:
-    from pipeline.supervisor import Child, Supervisor
+    from pipeline.app.supervisor import Child, Supervisor
 
     cfg = parse_config({"cameras": {"s1": {"source": str(GIF), "models": ["scene_light"]}}})
     sup = Supervisor(cfg, priv.url, workers=1, backoff_max_s=0.5)

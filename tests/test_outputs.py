@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.outputs import ModelOutput, OutputKind
+from links.outputs import ModelOutput, OutputKind
 
 D, P, S = OutputKind.DETECTIONS, OutputKind.PROBS, OutputKind.SCALAR
 

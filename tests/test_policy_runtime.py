@@ -16,10 +16,11 @@ from conftest import GIF35, run_mlink
 
 from links.samples import AlignedSamples
 from pipeline.config import parse_config
+from pipeline.costs import store_costs
 from pipeline.errors import UserError
-from pipeline.streams import results_key
+from pipeline.keys import COSTS_KEY, links_key, results_key
 from stages.decoder import EXIT_OK, Decoder, prepare_camera
-from stages.policy_runtime import COSTS_KEY, RuntimeOptions, RuntimePolicy, links_key, store_costs
+from stages.policy_runtime import RuntimeOptions, RuntimePolicy
 from stages.scheduler import Worker
 
 MODELS = ["haar_full_body", "mog2_motion", "scene_light", "edge_density"]
@@ -124,7 +125,7 @@ def test_second_worker_uses_published_links_instead_of_profiling(r: redis.Redis,
 
 def _cold_samples(pol: RuntimePolicy, r: redis.Redis) -> AlignedSamples:
     """The first camera's cold-start records as aligned samples."""
-    from pipeline.outputs import ModelOutput
+    from links.outputs import ModelOutput
 
     s = AlignedSamples([pol.metas[m] for m in MODELS])
     for x in _records(r, "cam"):

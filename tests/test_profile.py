@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from links.samples import AlignedSamples
-from pipeline.cli_links import add_parsers
+from pipeline.app.cli_links import add_parsers
 from pipeline.errors import UserError
 from stages.profiler import profile_videos
 

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redis_private import PrivateRedis  # noqa: E402
 
 from pipeline.config import parse_config, replay_config  # noqa: E402
-from pipeline.streams import CAMERAS_KEY, GROUP, FrameMsg, encode_frame, frames_key, results_key, status_key  # noqa: E402
+from pipeline.keys import CAMERAS_KEY, GROUP, frames_key, results_key, status_key  # noqa: E402
+from pipeline.streams import FrameMsg, encode_frame  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 PERSON = VIDEOS / "intel_one-by-one-person-detection.mp4"  # 1394 frames, 10 fps
@@ -50,8 +51,8 @@ def _statuses(r: redis.Redis, cam: str) -> list[dict]:
 # ------------------------------------------------------------------ kill -9
 @pytest.mark.slow
 def test_kill9_worker_three_times_loses_no_frame(priv: PrivateRedis) -> None:
-    from pipeline.collect import ResultCollector
-    from pipeline.supervisor import Supervisor
+    from pipeline.app.collect import ResultCollector
+    from pipeline.app.supervisor import Supervisor
     from stages.decoder import prepare_camera
 
     cfg = replay_config([str(PERSON)], models=CHEAP, fps=7.2, resize=256, window=64)
@@ -134,7 +135,7 @@ def test_bad_frame_entry_is_reported_acked_and_skipped(priv: PrivateRedis) -> No
 # ------------------------------------------------------------ redis restart
 @pytest.mark.slow
 def test_redis_restart_under_running_pipeline(priv: PrivateRedis) -> None:
-    from pipeline.supervisor import Supervisor
+    from pipeline.app.supervisor import Supervisor
     from stages.decoder import prepare_camera
 
     cfg = parse_config({"cameras": {"live": {"source": str(STORE_GIF), "models": CHEAP, "mode": "live", "loop": True, "resize": 240}}})
@@ -269,7 +270,7 @@ def test_result_stream_retention(priv: PrivateRedis) -> None:
 
 # ------------------------------------------------------------ supervisor
 def test_supervisor_restarts_dead_children_with_backoff(priv: PrivateRedis) -> None:
-    from pipeline.supervisor import Child, Supervisor
+    from pipeline.app.supervisor import Child, Supervisor
 
     cfg = parse_config({"cameras": {"x": {"source": str(STORE_GIF), "models": ["scene_light"]}}})
     sup = Supervisor(cfg, priv.url, workers=1, backoff_max_s=1.0)

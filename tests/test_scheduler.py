@@ -11,7 +11,7 @@ import redis
 from conftest import CHEAP_MODELS, GIF23, GIF35, check_record
 
 from pipeline.config import parse_config
-from pipeline.streams import GROUP, frames_key, results_key, status_key
+from pipeline.keys import GROUP, frames_key, results_key, status_key
 from stages.decoder import EXIT_OK, Decoder, prepare_camera
 from stages.scheduler import Worker
 

@@ -10,7 +10,15 @@ import pytest
 from conftest import CAR_MP4, FRAME_COUNTS, TRUNCATED_CAR_FRAMES
 
 from pipeline.errors import UserError
-from pipeline.video import Sampler, _label, check_file, iter_frames, open_source, probe_frame_count, resize_frame
+from pipeline.video import (
+    Sampler,
+    _label,
+    check_file,
+    iter_frames,
+    open_source,
+    probe_frame_count,
+    resize_frame,
+)
 
 
 @pytest.mark.parametrize("name", sorted(FRAME_COUNTS))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import DEFAULT_ZOO, GIF23, GIF35
 
+from links.outputs import ModelOutput, OutputKind
 from pipeline.config import ZOO, CallableSpec, HaarSpec, YoloSpec, resolve_model_spec
 from pipeline.errors import UserError
-from pipeline.outputs import ModelOutput, OutputKind
 from pipeline.video import iter_frames
 from pipeline.zoo import (
     CallableModel,

@@ -49,10 +49,10 @@ def _replay(cfg: Any, url: str, *, seed_start: dict[str, int] | None = None, des
     """Run the real pipeline over ``cfg``'s cameras; optionally start each at a frame."""
     from tqdm import tqdm
 
-    from pipeline.collect import ResultCollector
+    from pipeline.app.collect import ResultCollector
+    from pipeline.app.supervisor import Supervisor
+    from pipeline.keys import camera_key, frames_key
     from pipeline.redis_conn import connect
-    from pipeline.streams import camera_key, frames_key
-    from pipeline.supervisor import Supervisor
     from stages.decoder import prepare_camera
 
     r = connect(url)
@@ -108,8 +108,8 @@ def _overhead(run: RunResult) -> float:
 
 
 def _samples_from_records(records: list[dict[str, Any]], metas: list[Any]) -> Any:
+    from links.outputs import ModelOutput
     from links.samples import AlignedSamples
-    from pipeline.outputs import ModelOutput
 
     s = AlignedSamples(metas)
     for rec in records:
@@ -164,7 +164,7 @@ def informative_targets(ref: list[dict[str, Any]], models: list[str]) -> dict[st
 
 def score_run(run: RunResult, ref: RunResult, metas: dict[str, Any], eval_frames: dict[str, list[int]]) -> dict[str, Any]:
     from links.metrics import model_accuracy
-    from pipeline.outputs import ModelOutput
+    from links.outputs import ModelOutput
 
     per_model: dict[str, list[float]] = defaultdict(list)
     exec_ms = ref_ms = 0.0
@@ -201,11 +201,11 @@ def run_bench(videos: list[str], budgets: list[str], policies: list[str], out_di
 
     from links.linkset import LinkSet
     from links.samples import ModelMeta
-    from pipeline.cli import prepare_costs
     from pipeline.config import SchedulerConfig, replay_config_from
+    from pipeline.costs import measure_config_costs
+    from pipeline.keys import links_key
     from pipeline.redis_conn import EmbeddedRedis, connect
     from pipeline.zoo import build_models
-    from stages.policy_runtime import links_key
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = replay_config_from(videos, config)
@@ -217,7 +217,7 @@ def run_bench(videos: list[str], budgets: list[str], policies: list[str], out_di
     url = redis_url or emb.url  # type: ignore[union-attr]
     try:
         r = connect(url)
-        costs = prepare_costs(cfg, r, check_budget=False, remeasure=True)  # a benchmark measures, never trusts a cache
+        costs = measure_config_costs(cfg, r, check_budget=False, remeasure=True)  # a benchmark measures, never trusts a cache
         total_ms = sum(c.ms for c in costs.values())
         from links.budget import ModelCost, parse_budget
 

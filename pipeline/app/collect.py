@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from pipeline.streams import results_key, status_key
+from pipeline.keys import results_key, status_key
 
 
 class SeenSet:

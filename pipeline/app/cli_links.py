@@ -1,6 +1,6 @@
 """``mlink profile`` and ``mlink links train|report``: the CLI around the link library.
 
-Handlers raise :class:`pipeline.errors.UserError` for bad input; ``pipeline.cli``
+Handlers raise :class:`pipeline.errors.UserError` for bad input; ``pipeline.app.cli``
 prints it as one line and exits 1.
 """
 
@@ -117,7 +117,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m pipeline.cli_links``), for testing without pipeline.cli."""
+    """Standalone entry (``python -m pipeline.app.cli_links``), for testing without pipeline.app.cli."""
     ap = argparse.ArgumentParser(prog="mlink")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_parsers(sub)

@@ -1,0 +1,73 @@
+"""Every Redis key the pipeline uses, in one place: names, the parser back to a
+camera, and the complete set of keys one camera owns.
+
+Per-camera keys carry the camera as a Redis Cluster hash tag (``frames:{cam}``),
+so all of one camera's keys live in one slot and one MULTI/EXEC can span them.
+
+=====================  ======  ==============================================================
+key                    type    what it holds (writer)
+=====================  ======  ==============================================================
+``mlink:cameras``      set     registered camera names (decoder)
+``mlink:costs``        hash    model -> measured cost JSON (the command that starts a pipeline)
+``camera:{cam}``       hash    models, mode, frame counters, resume points (decoder)
+``frames:{cam}``       stream  frames waiting for a scheduler worker (decoder)
+``results:{cam}``      stream  one analytics record per frame (worker)
+``status:{cam}``       stream  status events: started, eos, error, failed, ... (all stages)
+``links:{cam}``        hash    versioned link state and plan shared by workers (worker)
+``metrics:{cam}``      hash    counters kept in the data's own transactions (all stages)
+=====================  ======  ==============================================================
+"""
+
+from __future__ import annotations
+
+import re
+
+GROUP = "scheduler"  # the consumer group of every frames stream
+CAMERAS_KEY = "mlink:cameras"
+COSTS_KEY = "mlink:costs"
+
+_PER_CAMERA = ("camera", "frames", "results", "status", "links", "metrics")
+_KEY_RE = re.compile(r"^(?P<kind>[a-z]+):\{(?P<cam>[^{}]+)\}$")
+
+
+def _key(kind: str, cam: str) -> str:
+    return f"{kind}:{{{cam}}}"
+
+
+def camera_key(cam: str) -> str:
+    """Hash with the camera's settings (models...) so remote workers need no config."""
+    return _key("camera", cam)
+
+
+def frames_key(cam: str) -> str:
+    return _key("frames", cam)
+
+
+def results_key(cam: str) -> str:
+    return _key("results", cam)
+
+
+def status_key(cam: str) -> str:
+    return _key("status", cam)
+
+
+def links_key(cam: str) -> str:
+    return _key("links", cam)
+
+
+def metrics_key(cam: str) -> str:
+    return _key("metrics", cam)
+
+
+def camera_keys(cam: str) -> list[str]:
+    """Every key one camera owns: deleting them all forgets the camera completely."""
+    return [_key(kind, cam) for kind in _PER_CAMERA]
+
+
+def camera_of(key: str | bytes) -> str:
+    """The camera a per-camera key belongs to (``frames:{door}`` -> ``door``)."""
+    k = key.decode() if isinstance(key, bytes) else key
+    m = _KEY_RE.match(k)
+    if m is None or m.group("kind") not in _PER_CAMERA:
+        raise ValueError(f"not a per-camera mlink key: {k!r}")
+    return m.group("cam")

@@ -1,0 +1,59 @@
+"""The per-frame policy interface between the scheduler and the policies it runs.
+
+The scheduler asks a :class:`FramePolicy` which models execute on a frame and how
+the others are filled; :class:`AllPolicy` is the reference. The budgeted policies
+live in :mod:`stages.policy_runtime`, which implements this interface; the
+scheduler imports only this module, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from links.outputs import ModelOutput, Origin
+from pipeline.streams import FrameMsg
+
+
+@dataclass
+class Filled:
+    """A non-executed model's output as the policy derived it."""
+
+    origin: Origin
+    output: ModelOutput | None
+    via: tuple[str, ...] = ()
+    confidence: float | None = None
+
+
+class FramePolicy(Protocol):
+    """Decides per frame which models execute and how the others are filled."""
+
+    name: str
+
+    def decide(self, camera: str, frame: FrameMsg, models: list[str]) -> set[str]: ...
+
+    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]: ...
+
+    def describe(self, camera: str) -> dict[str, Any]: ...
+
+    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+        """Sees every executed output (profiling samples, held values, adaptation)."""
+        ...
+
+
+class AllPolicy:
+    """The reference: every model executes on every frame."""
+
+    name = "all"
+
+    def decide(self, camera: str, frame: FrameMsg, models: list[str]) -> set[str]:
+        return set(models)
+
+    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]:
+        return {m: Filled(Origin.MISSING, None) for m in others}
+
+    def describe(self, camera: str) -> dict[str, Any]:
+        return {"name": self.name, "budget": None}
+
+    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+        pass
