@@ -146,7 +146,8 @@ class CameraConfig(Strict):
     loop: bool = Field(False, description="files only: start again at the end (live demos)")
     encoding: Literal["jpeg", "raw"] = "jpeg"
     jpeg_quality: int = Field(90, ge=10, le=100)
-    max_len: int = Field(64, ge=2, description="live: approximate MAXLEN of frames:{camera}")
+    max_len: int = Field(64, ge=2, description="live: MAXLEN of frames:{camera} (memory bound; unread frames beyond it are dropped and counted)")
+    max_lag_s: float = Field(2.0, gt=0, description="live: a worker skips (and counts) frames older than this, so records stay fresh")
     window: int = Field(32, ge=1, description="replay: frames the scheduler may lag behind before the decoder waits")
     results_max_len: int = Field(100_000, ge=100, description="approximate MAXLEN of results:{camera} (retention)")
     rtsp: RtspOptions = Field(default_factory=RtspOptions)
@@ -264,6 +265,19 @@ class Config(Strict):
     cameras: dict[str, CameraConfig]
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     base_dir: Path | None = Field(None, exclude=True)
+
+    def override_scheduler(self, where: str, **changes: Any) -> None:
+        """Command-line overrides (``--policy``, ``--budget``...), validated like the file's own.
+
+        ``None`` values are ignored; an invalid result is a one-line error naming ``where``.
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return
+        try:
+            self.scheduler = SchedulerConfig(**{**self.scheduler.model_dump(), **changes})
+        except ValidationError as exc:
+            raise UserError(f"{where}: {_first_error(exc)}") from None
 
     def all_model_specs(self) -> list[AdapterSpec]:
         """Union of the cameras' models; one name must mean one spec everywhere."""

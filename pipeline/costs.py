@@ -24,9 +24,9 @@ import redis
 from links.budget import ModelCost, parse_budget
 from pipeline.config import Config, default_sample
 from pipeline.errors import UserError
+from pipeline.home import mlink_home
 from pipeline.keys import COSTS_KEY
-from pipeline.redis_conn import state_dir
-from pipeline.video import iter_frames
+from pipeline.video import sample_images
 from pipeline.zoo import Model, build_models, current_device
 
 
@@ -90,7 +90,7 @@ def measure_model(model: Model, frames: Sequence[np.ndarray], repeats: int = 3) 
 
 class CostCache:
     def __init__(self, path: str | None = None) -> None:
-        self.path = path or str(state_dir() / "costs.json")
+        self.path = path or str(mlink_home() / "costs.json")
         try:
             with open(self.path) as f:
                 self.data: dict[str, dict[str, Any]] = json.load(f)
@@ -160,12 +160,7 @@ def measure_config_costs(cfg: Config, r: redis.Redis, *, check_budget: bool, rem
     cam = next(iter(cfg.cameras.values()))
     files = cam.files(cfg.base_dir)
     src = str(files[0]) if files else default_sample()
-    frames = []
-    for vf in iter_frames(src, resize=cam.resize):
-        if vf.index % 5 == 0:
-            frames.append(vf.image)
-        if len(frames) >= 6:
-            break
+    frames = sample_images(src, 6, resize=cam.resize)
     costs = measure_all(build_models(specs.values()), specs, frames, remeasure=remeasure, progress=True)
     store_costs(r, costs)
     if check_budget and cfg.scheduler.budget:

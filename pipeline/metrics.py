@@ -108,6 +108,7 @@ class RedisMetricsCollector(Collector):
                 "dropped": int(info.get("dropped", 0) or 0) + counters.get("dropped", 0),
                 "processed": counters.get("processed", 0),
                 "bad_frames": counters.get("bad_frames", 0),
+                "skipped": counters.get("skipped", 0),
                 "reclaimed": counters.get("reclaimed", 0),
                 "reconnects": counters.get("reconnects", 0),
                 "outputs": {k: v for k, v in counters.items() if ":" in k},
@@ -124,6 +125,7 @@ class RedisMetricsCollector(Collector):
         proc = CounterMetricFamily("mlink_frames_processed", "Frames with an analytics record", labels=["camera"])
         drop = CounterMetricFamily("mlink_frames_dropped", "Live frames dropped (stream bound, Redis away)", labels=["camera"])
         bad = CounterMetricFamily("mlink_bad_frames", "Frame entries that could not be decoded", labels=["camera"])
+        skip = CounterMetricFamily("mlink_frames_skipped", "Live frames older than max_lag_s, skipped by a worker to stay current", labels=["camera"])
         recl = CounterMetricFamily("mlink_frames_reclaimed", "Frames reclaimed from dead workers (XAUTOCLAIM)", labels=["camera"])
         reco = CounterMetricFamily("mlink_reconnects", "Source reconnect attempts", labels=["camera"])
         outs = CounterMetricFamily("mlink_model_outputs", "Model outputs by origin: executed vs derived (links) and others",
@@ -138,6 +140,7 @@ class RedisMetricsCollector(Collector):
             proc.add_metric([cam], v["processed"])
             drop.add_metric([cam], v["dropped"])
             bad.add_metric([cam], v["bad_frames"])
+            skip.add_metric([cam], v["skipped"])
             recl.add_metric([cam], v["reclaimed"])
             reco.add_metric([cam], v["reconnects"])
             for k, n in sorted(v["outputs"].items()):
@@ -156,7 +159,7 @@ class RedisMetricsCollector(Collector):
             lags.add_metric([cam], v["lag_s"])
             if v["state"]:
                 st.add_metric([cam, v["state"]], 1)
-        return [dec, proc, drop, bad, recl, reco, outs, dfps, pfps, lagf, lags, st]
+        return [dec, proc, drop, bad, skip, recl, reco, outs, dfps, pfps, lagf, lags, st]
 
 
 class RestartCollector(Collector):

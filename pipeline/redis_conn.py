@@ -17,22 +17,18 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import redis
 import redis.cluster
 
 from pipeline.errors import UserError
-
-
-def state_dir() -> Path:
-    d = Path(os.environ.get("MLINK_HOME", Path.home() / ".cache" / "mlink"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+from pipeline.home import mlink_home
 
 
 def _state_file() -> Path:
-    return state_dir() / "embedded-redis.json"
+    return mlink_home() / "embedded-redis.json"
 
 
 def redact(url: str) -> str:
@@ -45,6 +41,56 @@ def redact(url: str) -> str:
 
 class RedisUnavailable(UserError):
     """Redis cannot be reached (yet): a supervisor should retry, not give up."""
+
+
+# The one set of errors that mean "Redis is (temporarily) away": every stage retries
+# on these (with :class:`pipeline.backoff.Backoff`) and never treats them as fatal.
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.SlotNotCoveredError,
+    ConnectionError,
+    OSError,
+)
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` — an error as one printable line."""
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+class Outage:
+    """One process's view of a Redis outage: says when it starts and when it ends, once each.
+
+    ``down(exc)`` on every failed attempt, ``up()`` after every successful one;
+    ``say`` gets one line at the start ("redis unavailable ...; retrying") and one
+    at the end ("redis back after N s"). The clock is injected for tests.
+    """
+
+    def __init__(self, who: str, say: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.who, self.say, self.clock = who, say, clock
+        self.since: float | None = None
+        self.count = 0  # outages seen
+
+    def down(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = self.clock()
+            self.count += 1
+            self.say(f"mlink: {self.who}: redis unavailable ({first_line(exc)}); retrying")
+
+    def up(self) -> float | None:
+        """Seconds the outage lasted when one just ended, else None."""
+        if self.since is None:
+            return None
+        down_s = self.clock() - self.since
+        self.since = None
+        self.say(f"mlink: {self.who}: redis back after {down_s:.1f}s")
+        return down_s
 
 
 def is_cluster_url(url: str) -> bool:

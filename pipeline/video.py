@@ -7,6 +7,7 @@ connection) into :class:`pipeline.errors.UserError` with a one-line reason.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -88,17 +89,17 @@ def open_source(src: str | Path, rtsp_transport: str = "tcp", open_timeout_s: fl
         container = av.open(s, options=options, timeout=(open_timeout_s, read_timeout_s))
     except av.error.InvalidDataError:
         if not is_rtsp and _looks_like_mp4(Path(s)):
-            raise UserError(f"{_label(s)}: truncated or corrupt video (FFmpeg cannot parse it)") from None
-        raise UserError(f"{_label(s)}: not a video file (FFmpeg cannot parse it)") from None
+            raise UserError(f"{source_label(s)}: truncated or corrupt video (FFmpeg cannot parse it)") from None
+        raise UserError(f"{source_label(s)}: not a video file (FFmpeg cannot parse it)") from None
     except (av.error.FFmpegError, OSError) as exc:
-        raise UserError(f"{_label(s)}: cannot open: {_ffmpeg_reason(exc)}") from None
+        raise UserError(f"{source_label(s)}: cannot open: {_ffmpeg_reason(exc)}") from None
     if not container.streams.video:
         container.close()
-        raise UserError(f"{_label(s)}: contains no video stream")
+        raise UserError(f"{source_label(s)}: contains no video stream")
     vs = container.streams.video[0]
     if vs.codec_context is None or vs.codec_context.name is None:
         container.close()
-        raise UserError(f"{_label(s)}: unsupported video codec")
+        raise UserError(f"{source_label(s)}: unsupported video codec")
     vs.thread_type = "AUTO"
     return container
 
@@ -112,7 +113,7 @@ def _looks_like_mp4(path: Path) -> bool:
         return False
 
 
-def _label(s: str) -> str:
+def source_label(s: str) -> str:
     # Never print a password that is part of an RTSP URL.
     if "@" in s and "://" in s:
         scheme, rest = s.split("://", 1)
@@ -164,12 +165,12 @@ def iter_frames(
         except av.error.EOFError:
             pass
         except (av.error.FFmpegError, OSError) as exc:
-            raise UserError(f"{_label(str(src))}: decoding failed after {n} frames: {_ffmpeg_reason(exc)}") from None
+            raise UserError(f"{source_label(str(src))}: decoding failed after {n} frames: {_ffmpeg_reason(exc)}") from None
         if n == 0:
-            raise UserError(f"{_label(str(src))}: no decodable video frames")
+            raise UserError(f"{source_label(str(src))}: no decodable video frames")
         if is_file and state["last_corrupt"]:
             declared = f" of {stream.frames} declared" if stream.frames else ""
-            raise UserError(f"{_label(str(src))}: decoding failed after {n} frames{declared}: file is truncated (last packet incomplete)")
+            raise UserError(f"{source_label(str(src))}: decoding failed after {n} frames{declared}: file is truncated (last packet incomplete)")
     finally:
         container.close()
 
@@ -201,3 +202,8 @@ def probe_frame_count(path: str | Path, fps: float | None = None) -> int | None:
             return n
     except Exception:
         return None
+
+
+def sample_images(src: str | Path, n: int, *, every: int = 5, resize: int | tuple[int, int] | None = None) -> list[np.ndarray]:
+    """The first ``n`` of every ``every``-th frame of a source (what costs are measured on)."""
+    return [vf.image for vf in itertools.islice(iter_frames(src, resize=resize, every=every), n)]

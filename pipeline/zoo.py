@@ -24,6 +24,7 @@ import numpy as np
 from links.outputs import ModelOutput, OutputKind
 from pipeline import config as C
 from pipeline.errors import UserError
+from pipeline.home import quiet_third_party
 
 Frame = np.ndarray  # HxWx3 uint8 BGR
 
@@ -121,7 +122,7 @@ class YoloModel(Model):
     def _load(self) -> None:
         if self._net is not None:
             return
-        os.environ.setdefault("YOLO_OFFLINE", "1")
+        quiet_third_party()
         from ultralytics import YOLO
 
         try:

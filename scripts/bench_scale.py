@@ -77,7 +77,7 @@ def run_once(url: str, frames: list[dict], models: list[str], workers: int, batc
     from pipeline.config import parse_config
     from pipeline.keys import frames_key, results_key
     from pipeline.redis_conn import connect
-    from stages.decoder import prepare_camera, register_camera
+    from pipeline.registry import prepare_camera, register_camera
 
     cam = f"bench{workers}{'s' if single_thread else 'm'}"
     r = connect(url)

@@ -23,7 +23,7 @@ from pipeline.app.collect import ResultCollector  # noqa: E402
 from pipeline.app.supervisor import Supervisor  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.redis_conn import EmbeddedRedis, connect  # noqa: E402
-from stages.decoder import prepare_camera  # noqa: E402
+from pipeline.registry import prepare_camera  # noqa: E402
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared/data/videos/intel_car-detection.mp4"
 

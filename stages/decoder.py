@@ -16,7 +16,6 @@ a restarted file decoder skips what it already sent, so nothing is sent twice.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -26,64 +25,34 @@ import redis
 
 from pipeline.config import CameraConfig, Mode
 from pipeline.errors import UserError
+from pipeline.exitcodes import ExitCode
 from pipeline.keys import (
-    CAMERAS_KEY,
-    GROUP,
     camera_key,
-    camera_keys,
     frames_key,
     status_key,
 )
 from pipeline.metrics import count_dropped, count_status
 from pipeline.redis_conn import connect
+from pipeline.registry import failed_reason, register_camera
 from pipeline.streams import FrameMsg, encode_frame, status_event
-from pipeline.video import _label
+from pipeline.video import source_label
 from stages.live_source import LiveSource, RedisGuard, source_options
 
-EXIT_OK = 0
-EXIT_FAILED = 2  # a permanent failure (bad file...): the supervisor must not restart
 
-
-def register_camera(r: redis.Redis, cam: CameraConfig) -> None:
-    """Publish the camera and its model specs so any worker can serve it."""
-    specs = [s.model_dump(mode="json") for s in cam.model_specs]
-    r.hset(camera_key(cam.name), mapping={"models": json.dumps(specs), "mode": cam.mode.value, "results_max_len": cam.results_max_len})
-    r.sadd(CAMERAS_KEY, cam.name)
-    try:
-        # The group exists before the first frame, so no worker can miss early frames.
-        r.xgroup_create(frames_key(cam.name), GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def prepare_camera(r: redis.Redis, cam: str, fresh: bool) -> int:
-    """Start a new session for a camera; returns its first frame index.
-
-    ``fresh`` (replay) forgets the camera's streams and counters. Otherwise
-    (run) the frame index continues from the last session so that records stay
-    unique by (camera, frame), and the source is read again from its start.
-    """
-    # Out of the registry until its decoder registers it again with its models,
-    # so no worker picks up a half-written camera hash.
-    r.srem(CAMERAS_KEY, cam)
-    if fresh:
-        for k in camera_keys(cam):
-            r.delete(k)
-    ckey = camera_key(cam)
-    first = int(r.hget(ckey, "next_frame") or 0)
-    r.delete(frames_key(cam))
-    r.hset(ckey, mapping={"next_frame": first, "session_first_frame": first, "source_pos": 0})
-    return first
+class _GivenUp(Exception):
+    """A scheduler worker marked this camera failed: stop sending its frames."""
 
 
 class Decoder:
-    def __init__(self, cam: CameraConfig, r: redis.Redis, should_stop: Callable[[], bool] = lambda: False, base_dir: Path | None = None) -> None:
+    def __init__(self, cam: CameraConfig, r: redis.Redis, should_stop: Callable[[], bool] = lambda: False, base_dir: Path | None = None,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cam, self.r, self.should_stop, self.base_dir = cam, r, should_stop, base_dir
+        self.clock = clock
         self.fkey, self.skey = frames_key(cam.name), status_key(cam.name)
         self.sent = 0
         self.dropped = 0
         self._room = 0  # frames that may still be sent before asking Redis again
+        self._next_failed_check = 0.0
 
     def status(self, event: str, **info: object) -> None:
         try:
@@ -115,6 +84,7 @@ class Decoder:
             guard = RedisGuard(live, self._redis_restored, self.should_stop)
             src = LiveSource(sources, status=self.status, should_stop=self.should_stop, skip=skip_sources, **source_options(cam))
             for sf in src:  # real decoded frames only: outages are status events, never blank frames
+                self._check_given_up()
                 if cam.mode is Mode.REPLAY:
                     self._wait_for_room()
                 if self.should_stop():
@@ -125,12 +95,25 @@ class Decoder:
                     next_frame += 1  # else: Redis away, a live frame dropped (guard.dropped, metrics)
             if self.should_stop():
                 self.status("stopped", frames=next_frame, first_frame=first_frame)
-                return EXIT_OK
+                return ExitCode.OK
             self.status("eos", frames=next_frame, first_frame=first_frame, sent=self.sent, dropped=self.dropped)
-            return EXIT_OK
+            return ExitCode.OK
+        except _GivenUp as exc:
+            self.status("stopped", reason=f"camera failed in a scheduler worker: {exc}", frames=next_frame, first_frame=first_frame)
+            return ExitCode.FAILED
         except UserError as exc:
             self.status("error", reason=str(exc), frames=next_frame, first_frame=first_frame)
-            return EXIT_FAILED
+            return ExitCode.FAILED
+
+    def _check_given_up(self) -> None:
+        """Once a second: has a worker marked this camera failed? (Then its frames would pile up unread.)"""
+        now = self.clock()
+        if now < self._next_failed_check:
+            return
+        self._next_failed_check = now + 1.0
+        reason = failed_reason(self.r, self.cam.name)
+        if reason:
+            raise _GivenUp(reason)
 
     def _send(self, msg: FrameMsg, ckey: str, next_frame: int, pos: int) -> None:
         fields = encode_frame(msg, self.cam.encoding, self.cam.jpeg_quality)
@@ -160,11 +143,12 @@ class Decoder:
             if pending < self.cam.window:
                 self._room = self.cam.window - pending - 1
                 return
+            self._check_given_up()
             time.sleep(backoff)
             backoff = min(backoff * 2, 0.05)
 
     def _source_label(self) -> str:
-        return _label(self.cam.source) if isinstance(self.cam.source, str) else f"{len(self.cam.source)} files"
+        return source_label(self.cam.source) if isinstance(self.cam.source, str) else f"{len(self.cam.source)} files"
 
 
 def decoder_main(cam_json: str, redis_url: str, base_dir: str | None = None) -> int:
@@ -178,4 +162,4 @@ def decoder_main(cam_json: str, redis_url: str, base_dir: str | None = None) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     cam = CameraConfig.model_validate_json(cam_json)
     r = connect(redis_url)
-    return Decoder(cam, r, lambda: stop["flag"], Path(base_dir) if base_dir else None).run()
+    return int(Decoder(cam, r, lambda: stop["flag"], Path(base_dir) if base_dir else None).run())

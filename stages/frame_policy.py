@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from links.outputs import ModelOutput, Origin
+from links.samples import ModelMeta
 from pipeline.streams import FrameMsg
 
 
@@ -36,6 +37,10 @@ class FramePolicy(Protocol):
 
     def describe(self, camera: str) -> dict[str, Any]: ...
 
+    def bind(self, metas: dict[str, ModelMeta]) -> None:
+        """Learns each model's kind and classes when the worker adds a camera."""
+        ...
+
     def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
         """Sees every executed output (profiling samples, held values, adaptation)."""
         ...
@@ -56,4 +61,7 @@ class AllPolicy:
         return {"name": self.name, "budget": None}
 
     def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+        pass
+
+    def bind(self, metas: dict[str, ModelMeta]) -> None:
         pass

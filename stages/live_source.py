@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.video import _label, iter_frames
+from pipeline.video import iter_frames, source_label
 from pipeline.watchdog import (
     PtsUnwrapper,
     SourceState,
@@ -217,7 +217,7 @@ class LiveSource:
 
     @property
     def label(self) -> str:
-        return _label(self.sources[0]) if len(self.sources) == 1 else f"{len(self.sources)} files"
+        return source_label(self.sources[0]) if len(self.sources) == 1 else f"{len(self.sources)} files"
 
     def __iter__(self) -> Iterator[SourceFrame]:
         return self._live() if self.is_live else self._files()
@@ -253,7 +253,7 @@ class LiveSource:
                             time.sleep(min(delay, 0.2))
                             delay = (vf.pts - pts0) - (time.monotonic() - t0)
                     self.frames += 1
-                    yield SourceFrame(self.unwrap(vf.pts), vf.pts, vf.image, pos, _label(src))
+                    yield SourceFrame(self.unwrap(vf.pts), vf.pts, vf.image, pos, source_label(src))
                 self.unwrap.on_reconnect()  # the next file starts its own timeline
             if not self.loop or self.should_stop():
                 break

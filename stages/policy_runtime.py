@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -44,10 +45,10 @@ from links.policies import (
     make_policy,
     thumbnail,
 )
-from links.samples import AlignedSamples
+from links.samples import AlignedSamples, ModelMeta
 from pipeline.costs import load_costs
 from pipeline.errors import UserError
-from pipeline.keys import links_key
+from pipeline.keys import COSTS_KEY, links_key
 from pipeline.streams import FrameMsg
 from stages.frame_policy import AllPolicy, Filled, FramePolicy
 
@@ -75,12 +76,19 @@ class RuntimeOptions:
         return json.dumps(self.__dict__)
 
 
+class Phase(str, Enum):
+    """Where a camera is in its life under a budgeted policy (records carry it as ``policy.phase``)."""
+
+    COLD_START = "cold-start"  # every model on every frame until enough aligned samples exist
+    BUDGETED = "budgeted"  # the plan decides; links, held or prior values fill the rest
+
+
 @dataclass
 class CamState:
     models: list[str]
-    phase: str = "cold"  # cold -> budgeted
-    samples: Any = None  # AlignedSamples being collected (cold start, or this period's profiling frames)
-    linkset: Any = None
+    phase: Phase = Phase.COLD_START
+    samples: AlignedSamples | None = None  # being collected (cold start, or this period's profiling frames)
+    linkset: LinkSet | None = None
     link_version: int = -1
     plan: Plan | None = None
     reselector: Reselector | None = None
@@ -97,7 +105,7 @@ class CamState:
 class RuntimePolicy:
     """A budgeted policy (any name in :data:`links.policies.POLICIES` but ``all``)."""
 
-    def __init__(self, opts: RuntimeOptions, r: redis.Redis | None = None, metas: dict[str, Any] | None = None) -> None:
+    def __init__(self, opts: RuntimeOptions, r: redis.Redis | None = None, metas: dict[str, ModelMeta] | None = None) -> None:
         if opts.name not in POLICIES:
             raise UserError(f"unknown policy {opts.name!r} (available: {', '.join(POLICIES)})")
         if opts.name != "all" and not opts.budget:
@@ -114,7 +122,7 @@ class RuntimePolicy:
         self.metas = metas or {}  # model name -> ModelMeta, set by the worker via bind()
 
     # The worker tells us each model's kind/classes (needed for aligned samples).
-    def bind(self, metas: dict[str, Any]) -> None:
+    def bind(self, metas: dict[str, ModelMeta]) -> None:
         self.metas.update(metas)
 
     # ------------------------------------------------------------ protocol
@@ -126,9 +134,9 @@ class RuntimePolicy:
             th = thumbnail(frame.image)
             st.diffs.append(0.0 if st.prev_thumb is None else frame_difference(th, st.prev_thumb))
             st.prev_thumb = th
-        if st.phase == "cold":
+        if st.phase is Phase.COLD_START:
             self._maybe_load_shared(camera, st)
-            if st.phase == "cold":
+            if st.phase is Phase.COLD_START:
                 return set(models)
         assert st.plan is not None and st.reselector is not None
         if st.reselector.due(frame.frame):
@@ -149,10 +157,10 @@ class RuntimePolicy:
             if st.samples is None:
                 st.samples = self._new_samples(st.models)
             st.samples.append(camera, frame.frame, frame.pts, executed)
-            if st.phase == "cold" and len(st.samples) >= self.opts.cold_start_frames:
+            if st.phase is Phase.COLD_START and len(st.samples) >= self.opts.cold_start_frames:
                 self._train_and_plan(camera, st, frame.frame)
 
-    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Any]:
+    def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]:
         st = self.cams[camera]
         fill = st.plan.fill if st.plan is not None else "missing"
         out: dict[str, Filled] = {}
@@ -174,11 +182,11 @@ class RuntimePolicy:
         st = self.cams.get(camera)
         d: dict[str, Any] = {"name": self.name, "budget": self.opts.budget}
         if st is None or st.plan is None:
-            d["phase"] = "cold-start"
+            d["phase"] = Phase.COLD_START.value
             return d
         p = st.plan
         d.update(
-            phase="budgeted",
+            phase=Phase.BUDGETED.value,
             resource=p.resource,
             limit=round(p.budget_limit, 3),
             used=round(p.budget_used, 3),
@@ -188,7 +196,7 @@ class RuntimePolicy:
         return d
 
     # ------------------------------------------------------------ internals
-    def _new_samples(self, models: list[str]) -> Any:
+    def _new_samples(self, models: list[str]) -> AlignedSamples:
         missing = [m for m in models if m not in self.metas]
         if missing:
             raise RuntimeError(f"policy runtime: no metadata for models {missing}")
@@ -197,7 +205,8 @@ class RuntimePolicy:
     def _costs(self, st: CamState) -> dict[str, ModelCost]:
         costs = load_costs(self.r, st.models)
         if costs is None:
-            raise UserError("policy runtime: no measured model costs in Redis (mlink:costs); start the pipeline with mlink run/replay/bench")
+            raise UserError(f"no measured costs in Redis ({COSTS_KEY}) for models {', '.join(st.models)}: start the pipeline with "
+                            "mlink run/replay/bench, or the worker with `mlink worker --config CAMERAS.yaml`, which measure them")
         return costs
 
     def _train_and_plan(self, camera: str, st: CamState, frame_index: int) -> None:
@@ -212,9 +221,9 @@ class RuntimePolicy:
             ls.finetune(val, epochs=max(5, self.opts.epochs // 3))
         self._publish(camera, st)
         st.samples = None
-        st.phase = "budgeted"
+        st.phase = Phase.BUDGETED
 
-    def _plan(self, camera: str, st: CamState, score_on: Any, frame_index: int, reducto_clip: Any = None) -> None:
+    def _plan(self, camera: str, st: CamState, score_on: AlignedSamples, frame_index: int, reducto_clip: AlignedSamples | None = None) -> None:
         ls = st.linkset
         costs = self._costs(st)
         assert self.budget is not None
@@ -298,7 +307,7 @@ class RuntimePolicy:
             if seed_diffs:
                 st.diffs = list(json.loads(seed_diffs)) + current
             self._plan(camera, st, samples, -1, reducto_clip=samples)
-            st.phase = "budgeted"
+            st.phase = Phase.BUDGETED
 
 
 def make_frame_policy(name: str, r: redis.Redis | None = None, **options: Any) -> FramePolicy:

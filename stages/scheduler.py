@@ -23,36 +23,47 @@ I/O that survives the field:
 - Metrics: per-camera counters (``metrics:{cam}`` hash, see
   :mod:`pipeline.metrics`) are incremented in the same transaction as the
   records, so they survive worker restarts and add up across hosts.
+- Live cameras: a frame older than the camera's ``max_lag_s`` when a worker reads
+  it is skipped (acked, deleted, counted as ``skipped``) without decoding it, so a
+  scheduler slower than the camera keeps serving recent frames: record latency
+  stays under ``max_lag_s`` plus one batch. Replay cameras keep every frame.
+- User errors: a camera whose models cannot be built, or whose links or budget
+  are unusable, is marked failed once (a ``failed`` status event naming the cause,
+  see :func:`pipeline.registry.mark_failed`); the worker stops reading it and goes
+  on with the other cameras. Nothing is restarted in a loop.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import signal
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import redis
 
+from links.errors import LinksError
 from links.outputs import ModelOutput, Origin
 from links.samples import ModelMeta
-from pipeline.config import resolve_model_spec
-from pipeline.errors import UserError
+from pipeline.backoff import Backoff
+from pipeline.config import Mode, resolve_model_spec
+from pipeline.errors import UserError, say_stderr
+from pipeline.exitcodes import ExitCode
 from pipeline.keys import (
     CAMERAS_KEY,
     GROUP,
     camera_key,
+    camera_of,
     frames_key,
     metrics_key,
     results_key,
     status_key,
 )
 from pipeline.metrics import count_origin
-from pipeline.redis_conn import connect, is_cluster
+from pipeline.redis_conn import REDIS_DOWN, Outage, connect, is_cluster
+from pipeline.registry import ensure_group, mark_failed
 from pipeline.streams import (
     SCHEMA_VERSION,
     BadFrame,
@@ -65,18 +76,10 @@ from pipeline.zoo import Model, build_model
 from stages.frame_policy import AllPolicy, Filled, FramePolicy
 from stages.policy_runtime import make_frame_policy
 
-# Errors that mean "Redis is (temporarily) unreachable": retried, never fatal.
-_REDIS_DOWN: tuple[type[BaseException], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.MasterDownError,
-    redis.exceptions.SlotNotCoveredError,
-    ConnectionError,
-    OSError,
-)
+# Errors that concern one camera's input (its models, links, budget): the camera fails, the worker goes on.
+CAMERA_ERRORS: tuple[type[BaseException], ...] = (UserError, LinksError)
+
+Entry = tuple[str, bytes, dict[bytes, bytes]]  # (frames key, entry id, fields)
 
 
 @dataclass
@@ -84,12 +87,15 @@ class CameraState:
     name: str
     models: list[str]
     results_max_len: int
+    live: bool = False
+    max_lag_s: float = 2.0
 
 
 @dataclass
 class WorkerStats:
     frames: int = 0
     bad_frames: int = 0
+    skipped: int = 0  # live frames older than max_lag_s, acked without processing
     reclaimed: int = 0
     redis_errors: int = 0  # connection failures survived (Redis restarts...)
     model_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -107,6 +113,10 @@ class Worker:
         include_boxes: bool = True,
         name: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        say: Callable[[str], None] = say_stderr,
     ) -> None:
         self.r = r
         self.policy: FramePolicy = policy or AllPolicy()
@@ -114,19 +124,22 @@ class Worker:
         self.include_boxes = include_boxes
         self.name = name or consumer_name()
         self.should_stop = should_stop
+        self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
         self.cameras: dict[str, CameraState] = {}
+        self.failed: dict[str, str] = {}  # camera -> why this worker gave up on it
         self.models: dict[str, Model] = {}
         self.model_specs: dict[str, Any] = {}
         self.stats = WorkerStats()
-        self._last_refresh = 0.0
-        self._last_claim = time.monotonic()
+        self.outage = Outage(f"worker {self.name}", say, clock)
+        self._last_refresh = -1e9
+        self._last_claim = clock()
         self._reclaimed_by_cam: dict[str, int] = {}
         self._rr = 0  # round-robin start for per-camera reads (cluster)
         self.cluster = is_cluster(r)
 
     # -------------------------------------------------------------- cameras
     def refresh_cameras(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if not force and now - self._last_refresh < 1.0:
             return
         self._last_refresh = now
@@ -135,12 +148,16 @@ class Worker:
             if cam in self.cameras:
                 continue
             info = self.r.hgetall(camera_key(cam))
+            if cam in self.failed:
+                if b"failed" in info:
+                    continue  # still failed: said once, not again
+                del self.failed[cam]  # a new session prepared the camera again
             if b"models" not in info:
                 continue  # registered but its decoder has not published its models yet
             try:
                 self._add_camera(cam, info)
-            except UserError as exc:
-                self._status(cam, "error", reason=str(exc))
+            except CAMERA_ERRORS as exc:
+                self.fail_camera(cam, exc)
 
     def _add_camera(self, cam: str, info: dict[bytes, bytes]) -> None:
         specs = [resolve_model_spec(s) for s in json.loads(info[b"models"])]
@@ -148,17 +165,20 @@ class Worker:
             if s.name not in self.models:
                 self.models[s.name] = build_model(s)
                 self.model_specs[s.name] = s
-        if hasattr(self.policy, "bind"):
-            self.policy.bind({s.name: ModelMeta.of(self.models[s.name]) for s in specs})
-        self._ensure_group(cam)
-        self.cameras[cam] = CameraState(cam, [s.name for s in specs], int(info.get(b"results_max_len", 100_000)))
+        self.policy.bind({s.name: ModelMeta.of(self.models[s.name]) for s in specs})
+        ensure_group(self.r, cam)
+        self.cameras[cam] = CameraState(cam, [s.name for s in specs], int(info.get(b"results_max_len", 100_000)),
+                                        live=info.get(b"mode") == Mode.LIVE.value.encode(),
+                                        max_lag_s=float(info.get(b"max_lag_s", 2.0)))
 
-    def _ensure_group(self, cam: str) -> None:
-        try:
-            self.r.xgroup_create(frames_key(cam), GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    def fail_camera(self, cam: str, exc: BaseException | str) -> None:
+        """Give up on one camera for good (its input is wrong); the others go on."""
+        reason = str(exc)
+        if not reason.startswith(f"camera {cam}:"):
+            reason = f"camera {cam}: {reason}"
+        self.cameras.pop(cam, None)
+        self.failed[cam] = reason
+        mark_failed(self.r, cam, reason, worker=self.name)
 
     def _status(self, cam: str, event: str, **info: Any) -> None:
         self.r.xadd(status_key(cam), status_event(event, cam, worker=self.name, **info), maxlen=1000, approximate=True)
@@ -170,34 +190,29 @@ class Worker:
         Redis connection errors never end the loop: the step is retried with
         backoff (0.1 s doubling to 2 s, jittered) until Redis is back.
         """
-        last_work = time.monotonic()
-        down_since: float | None = None
-        delay = 0.1
+        last_work = self.clock()
+        backoff = Backoff(initial=0.1, maximum=2.0)
         while not self.should_stop():
             try:
                 n = self.step()
-            except _REDIS_DOWN as exc:
+            except REDIS_DOWN as exc:
                 self.stats.redis_errors += 1
-                if down_since is None:
-                    down_since = time.monotonic()
-                    print(f"mlink: worker {self.name}: redis unavailable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); retrying", file=sys.stderr)
-                time.sleep(delay * (1 - 0.3 * random.random()))
-                delay = min(2.0, delay * 2)
-                last_work = time.monotonic()
+                self.outage.down(exc)
+                backoff.wait(self.sleep)
+                last_work = self.clock()
                 continue
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 # Redis came back empty (no persistence): streams and groups are gone.
                 for cam in self.cameras:
-                    self._ensure_group(cam)
+                    ensure_group(self.r, cam)
                 continue
-            if down_since is not None:
-                print(f"mlink: worker {self.name}: redis back after {time.monotonic() - down_since:.1f}s", file=sys.stderr)
-                down_since, delay = None, 0.1
+            if self.outage.up() is not None:
+                backoff.reset()
             if n:
-                last_work = time.monotonic()
-            elif idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
+                last_work = self.clock()
+            elif idle_exit_s is not None and self.clock() - last_work > idle_exit_s:
                 break
         return self.stats
 
@@ -205,18 +220,18 @@ class Worker:
         """One read (plus reclaim when due); returns how many frames were handled."""
         self.refresh_cameras()
         if not self.cameras:
-            time.sleep(self.block_ms / 1000)
+            self.sleep(self.block_ms / 1000)
             self.refresh_cameras(force=True)
             return 0
-        entries = self._reclaim() if time.monotonic() - self._last_claim > self.claim_idle_ms / 2000 else []
+        entries = self._reclaim() if self.clock() - self._last_claim > self.claim_idle_ms / 2000 else []
         if not entries:
             entries = self._read()
         if entries:
             self.process(entries)
         return len(entries)
 
-    def _read(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
-        entries: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+    def _read(self) -> list[Entry]:
+        entries: list[Entry] = []
 
         def add(resp: Any) -> None:
             for key, items in resp or []:
@@ -241,8 +256,8 @@ class Worker:
             add(self.r.xreadgroup(GROUP, self.name, {frames_key(cams[start]): ">"}, count=self.batch, block=block))
         return entries
 
-    def _reclaim(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
-        self._last_claim = time.monotonic()
+    def _reclaim(self) -> list[Entry]:
+        self._last_claim = self.clock()
         out = []
         for cam in self.cameras:
             key = frames_key(cam)
@@ -250,7 +265,7 @@ class Worker:
                 res = self.r.xautoclaim(key, GROUP, self.name, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    self._ensure_group(cam)
+                    ensure_group(self.r, cam)
                 continue
             for eid, fields in res[1]:
                 if fields:  # a trimmed (deleted) entry comes back empty: nothing to do
@@ -262,47 +277,97 @@ class Worker:
         return out
 
     # -------------------------------------------------------------- process
-    def process(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
-        t_read = time.time()
+    def process(self, entries: list[Entry]) -> None:
+        t_read = self.wall_clock()
         t_start = time.perf_counter()
         frames: list[tuple[str, bytes, FrameMsg]] = []
         done_bad: list[tuple[str, bytes]] = []
+        skipped: list[tuple[str, bytes]] = []
         for key, eid, fields in entries:
-            cam = key[len("frames:{") : -1]
+            cam = camera_of(key)
+            cs = self.cameras.get(cam)
+            if cs is None:
+                continue  # failed meanwhile: its frames stay where they are
+            if cs.live and self._too_old(fields, t_read, cs.max_lag_s):
+                skipped.append((key, eid))  # newest-frame semantics: never decoded
+                continue
             try:
                 msg = decode_frame(fields)
             except BadFrame as exc:
                 self.stats.bad_frames += 1
-                self._status(cam, "error", reason=f"camera {cam}: bad frame entry {eid.decode() if isinstance(eid, bytes) else eid}: {exc}")
+                self._status(cam, "bad_frame", reason=f"camera {cam}: bad frame entry {eid.decode() if isinstance(eid, bytes) else eid}: {exc}")
                 done_bad.append((key, eid))
                 continue
             frames.append((key, eid, msg))
 
         # Which models run on which frame, then one batched call per model.
-        plan: list[set[str]] = []
         jobs: dict[str, list[int]] = defaultdict(list)
         for i, (_, _, msg) in enumerate(frames):
             cs = self.cameras.get(msg.camera)
-            models = cs.models if cs else []
-            run = self.policy.decide(msg.camera, msg, models)
-            plan.append(run)
-            for m in models:
+            if cs is None:
+                continue
+            try:
+                run = self.policy.decide(msg.camera, msg, cs.models)
+            except CAMERA_ERRORS as exc:
+                self.fail_camera(msg.camera, exc)
+                continue
+            for m in cs.models:
                 if m in run:
                     jobs[m].append(i)
         outputs: list[dict[str, ModelOutput]] = [{} for _ in frames]
         per_frame_ms: list[dict[str, float]] = [{} for _ in frames]
         for m, idx in jobs.items():
-            model = self.models[m]
+            idx = [i for i in idx if frames[i][2].camera in self.cameras]
+            if not idx:
+                continue
             t0 = time.perf_counter()
-            outs = model.predict([frames[i][2].image for i in idx], [frames[i][2].camera for i in idx])
+            try:
+                outs = self.models[m].predict([frames[i][2].image for i in idx], [frames[i][2].camera for i in idx])
+            except CAMERA_ERRORS as exc:  # e.g. weights that cannot be loaded: every camera using it fails
+                for cam in {frames[i][2].camera for i in idx}:
+                    self.fail_camera(cam, f"model {m}: {exc}")
+                continue
             share = (time.perf_counter() - t0) * 1000 / len(idx)
             self.stats.model_ms[m] += share * len(idx)
             for i, o in zip(idx, outs):
                 outputs[i][m] = o
                 per_frame_ms[i][m] = share
 
-        # One MULTI/EXEC per camera on a cluster (one slot each), one for all on a single server:
-        # a record exists iff its frame is acked and deleted.
+        built = []
+        for i, (key, eid, msg) in enumerate(frames):
+            cs = self.cameras.get(msg.camera)
+            if cs is None:
+                continue  # the camera failed in this batch: no record, its frame stays unacked
+            t_fill = time.perf_counter()
+            try:
+                self.policy.observe(msg.camera, msg, outputs[i])
+                others = [m for m in cs.models if m not in outputs[i]]
+                filled = self.policy.fill(msg.camera, msg, outputs[i], others) if others else {}
+            except CAMERA_ERRORS as exc:
+                self.fail_camera(msg.camera, exc)
+                continue
+            fill_ms = (time.perf_counter() - t_fill) * 1000
+            rec = self.build_record(msg, cs.models, outputs[i], filled, per_frame_ms[i], t_read)
+            rec["latency_ms"]["links"] = round(fill_ms, 3)
+            built.append((key, eid, msg, cs, rec))
+        # The worker's processing time per frame (decode, policy, models, links, records),
+        # so benchmarks can tell model time from overhead.
+        worker_ms = round((time.perf_counter() - t_start) * 1000 / max(len(frames), 1), 3)
+        self._write(built, worker_ms, done_bad, skipped)
+        self.stats.frames += len(built)
+        self.stats.skipped += len(skipped)
+
+    @staticmethod
+    def _too_old(fields: dict[bytes, bytes], now: float, max_lag_s: float) -> bool:
+        try:
+            return now - float(fields[b"wall"]) > max_lag_s
+        except (KeyError, ValueError):
+            return False  # a malformed entry is reported by decode_frame
+
+    def _write(self, built: list[tuple[str, bytes, FrameMsg, CameraState, dict[str, Any]]], worker_ms: float,
+               done_bad: list[tuple[str, bytes]], skipped: list[tuple[str, bytes]]) -> None:
+        """Records, acks and counters in one MULTI/EXEC per camera on a cluster (one slot
+        each), one for all on a single server: a record exists iff its frame is acked and deleted."""
         pipes: dict[str, Any] = {}
 
         def pipe_for(cam: str) -> Any:
@@ -312,40 +377,25 @@ class Worker:
             return pipes[k]
 
         counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        built = []
-        for i, (key, eid, msg) in enumerate(frames):
-            cs = self.cameras.get(msg.camera)
-            models = cs.models if cs else []
-            t_fill = time.perf_counter()
-            self.policy.observe(msg.camera, msg, outputs[i])
-            others = [m for m in models if m not in outputs[i]]
-            filled = self.policy.fill(msg.camera, msg, outputs[i], others) if others else {}
-            fill_ms = (time.perf_counter() - t_fill) * 1000
-            rec = self.build_record(msg, models, outputs[i], filled, per_frame_ms[i], t_read)
-            rec["latency_ms"]["links"] = round(fill_ms, 3)
-            built.append((key, eid, msg, cs, rec))
-        # The worker's processing time per frame (decode, policy, models, links, records),
-        # so benchmarks can tell model time from overhead.
-        worker_ms = round((time.perf_counter() - t_start) * 1000 / max(len(frames), 1), 3)
         for key, eid, msg, cs, rec in built:
             rec["latency_ms"]["worker"] = worker_ms
-            cam = key[len("frames:{") : -1]
-            maxlen = cs.results_max_len if cs else 100_000
-            pipe = pipe_for(cam)
+            pipe = pipe_for(cs.name)
             # The record goes to the stream the frame came from (same slot as the frame).
-            pipe.xadd(results_key(cam), {"frame": msg.frame, "json": json.dumps(rec, separators=(",", ":"))}, maxlen=maxlen, approximate=True)
+            pipe.xadd(results_key(cs.name), {"frame": msg.frame, "json": json.dumps(rec, separators=(",", ":"))},
+                      maxlen=cs.results_max_len, approximate=True)
             pipe.xack(key, GROUP, eid)
             pipe.xdel(key, eid)
-            c = counts[cam]
+            c = counts[cs.name]
             c["processed"] += 1
             for m, o in rec["outputs"].items():
                 c[count_origin(o["origin"], m)] += 1
-        for key, eid in done_bad:
-            cam = key[len("frames:{") : -1]
-            pipe = pipe_for(cam)
-            pipe.xack(key, GROUP, eid)
-            pipe.xdel(key, eid)
-            counts[cam]["bad_frames"] += 1
+        for field_name, done in (("bad_frames", done_bad), ("skipped", skipped)):
+            for key, eid in done:
+                cam = camera_of(key)
+                pipe = pipe_for(cam)
+                pipe.xack(key, GROUP, eid)
+                pipe.xdel(key, eid)
+                counts[cam][field_name] += 1
         for cam, c in counts.items():
             if reclaimed_n := self._reclaimed_by_cam.pop(cam, 0):
                 c["reclaimed"] += reclaimed_n
@@ -354,7 +404,6 @@ class Worker:
                 pipe.hincrby(metrics_key(cam), f, n)
         for pipe in pipes.values():
             pipe.execute()
-        self.stats.frames += len(frames)
 
     def build_record(
         self,
@@ -379,7 +428,7 @@ class Worker:
                 if f.confidence is not None:
                     rec["confidence"] = round(float(f.confidence), 4)
             outs[m] = rec
-        now = time.time()
+        now = self.wall_clock()
         model_ms = sum(ms.values())
         pol = self.policy.describe(msg.camera)
         return {
@@ -414,4 +463,4 @@ def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_
     r = connect(redis_url)
     policy = make_frame_policy(policy_name, r)
     Worker(r, policy, batch=batch, claim_idle_ms=claim_idle_ms, should_stop=lambda: stop["flag"]).run()
-    return 0
+    return ExitCode.OK

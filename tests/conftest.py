@@ -3,7 +3,14 @@
 - ``redis_url``: the machine's own redis on 127.0.0.1:6379 when it answers PING
   (database 13, flushed before each test), else a private embedded
   redis-server (``pipeline.redis_conn.EmbeddedRedis``) for the session. Never a mock.
-- ``videos_dir``: ``../shared/data/videos`` (skips with the reason when missing).
+- ``priv``: a private redis-server on a free loopback port (``tests/redis_private.py``)
+  that a test may kill and restart; Debian's ``/usr/bin/redis-server`` when present.
+- footage: ``videos_dir`` is ``tests/data`` (trimmed copies of the sample clips, committed,
+  made by ``scripts/make_test_clips.py``; see ``tests/data/SOURCES.md``), and one fixture
+  per clip (``gif23``, ``gif35``, ``car_mp4``, ...). A missing file FAILS the test with
+  the reason: tests never skip for footage.
+- ``rtsp_deps``: the GStreamer RTSP server can run (installed by
+  ``scripts/install_rtsp_deps.sh`` if needed), else the test FAILS with the reason.
 - bad files made in ``tmp_path``: zero bytes, text named .mp4, truncated mp4s.
 - ``MLINK_HOME`` points at a per-session temp dir, so state files (embedded
   redis URL, cost cache) never collide with a user's or another session's.
@@ -24,28 +31,34 @@ import pytest
 import redis
 import yaml
 
+from redis_private import PrivateRedis
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VIDEOS_DIR = REPO_ROOT.parent / "shared" / "data" / "videos"
+# The test footage is committed with the tests (scripts/make_test_clips.py makes it).
+VIDEOS_DIR = Path(__file__).resolve().parent / "data"
 LOCAL_REDIS = "redis://127.0.0.1:6379/13"
 TEST_DB = 13
 
-# Frame counts of the sample footage (decoded by FFmpeg, every frame).
+# Frame counts of the test footage (decoded by FFmpeg, every frame; tests/data/SOURCES.md).
 FRAME_COUNTS = {
-    "intel_car-detection.mp4": 377,
-    "intel_one-by-one-person-detection.mp4": 1394,
-    "intel_person-bicycle-car-detection_trimmed.mp4": 459,
+    "intel_car-detection.mp4": 377,  # the whole clip, 12.5 fps: frame i at i * 0.08 s
+    "intel_one-by-one-person-detection.mp4": 300,  # the first 30 s, 10 fps
+    "intel_person-bicycle-car-detection_trimmed.mp4": 48,  # 12 fps, with an audio stream
     "intel_preview_face-demographics-walking.gif": 35,
     "intel_preview_people-detection.gif": 23,
-    "intel_preview_store-aisle-detection.gif": 67,
-    "intel_preview_worker-zone-detection.gif": 71,
+    "intel_preview_store-aisle-detection.gif": 40,
+    "intel_preview_worker-zone-detection.gif": 16,
 }
-GIF23 = "intel_preview_people-detection.gif"
-GIF35 = "intel_preview_face-demographics-walking.gif"
-CAR_MP4 = "intel_car-detection.mp4"  # moov atom first: a truncated copy still opens
-TRIMMED_MP4 = "intel_person-bicycle-car-detection_trimmed.mp4"  # moov atom last
+GIF23 = "intel_preview_people-detection.gif"  # 480x270, ~12.5 fps
+GIF35 = "intel_preview_face-demographics-walking.gif"  # two people walking towards the camera
+STORE_GIF = "intel_preview_store-aisle-detection.gif"  # 40 frames, 15 fps
+ZONE_GIF = "intel_preview_worker-zone-detection.gif"  # 16 frames, 15 fps
+CAR_MP4 = "intel_car-detection.mp4"  # H.264 Baseline 768x432, moov atom first: a truncated copy still opens
+PERSON_MP4 = "intel_one-by-one-person-detection.mp4"  # 768x432, 10 fps
+TRIMMED_MP4 = "intel_person-bicycle-car-detection_trimmed.mp4"  # moov atom last: a truncated copy does not open
 # The first 35% of intel_car-detection.mp4 decodes this many frames, then FFmpeg
-# fails mid-file with "Invalid data found when processing input".
-TRUNCATED_CAR_FRAMES = 139
+# fails mid-file (the last packet is cut short). Measured on tests/data's copy.
+TRUNCATED_CAR_FRAMES = 134
 
 CHEAP_MODELS = ["mog2_motion", "scene_light", "edge_density", "haar_full_body"]
 DEFAULT_ZOO = ["yolo_person", "haar_face", "haar_upper_body", "haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
@@ -107,30 +120,80 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+# ------------------------------------------------------------ private redis
+@pytest.fixture
+def priv() -> Iterator[PrivateRedis]:
+    """A private redis-server for one test: it may be killed and restarted (same port)."""
+    srv = PrivateRedis().start()
+    yield srv
+    srv.close()
+
+
 # ------------------------------------------------------------------- footage
+def clip_path(name: str) -> Path:
+    """``tests/data/<name>``; FAILS the calling test (never skips) when it is missing."""
+    p = VIDEOS_DIR / name
+    if not p.is_file():
+        pytest.fail(f"test footage missing: {p} (committed with the tests; regenerate it with "
+                    f"`.venv/bin/python scripts/make_test_clips.py`)", pytrace=False)
+    return p
+
+
 @pytest.fixture(scope="session")
 def videos_dir() -> Path:
-    if not VIDEOS_DIR.is_dir():
-        pytest.skip(f"sample footage missing: {VIDEOS_DIR} (see ../shared/data/videos/SOURCES.md)")
+    """``tests/data`` with every clip of FRAME_COUNTS in it (or the test fails, naming what is missing)."""
     missing = [n for n in FRAME_COUNTS if not (VIDEOS_DIR / n).is_file()]
     if missing:
-        pytest.skip(f"sample footage incomplete in {VIDEOS_DIR}: missing {', '.join(missing)}")
+        pytest.fail(f"test footage incomplete in {VIDEOS_DIR}: missing {', '.join(missing)} (regenerate it with "
+                    f"`.venv/bin/python scripts/make_test_clips.py`)", pytrace=False)
     return VIDEOS_DIR
 
 
 @pytest.fixture(scope="session")
 def gif23(videos_dir: Path) -> Path:
-    return videos_dir / GIF23
+    return clip_path(GIF23)
 
 
 @pytest.fixture(scope="session")
 def gif35(videos_dir: Path) -> Path:
-    return videos_dir / GIF35
+    return clip_path(GIF35)
+
+
+@pytest.fixture(scope="session")
+def store_gif(videos_dir: Path) -> Path:
+    return clip_path(STORE_GIF)
+
+
+@pytest.fixture(scope="session")
+def zone_gif(videos_dir: Path) -> Path:
+    return clip_path(ZONE_GIF)
 
 
 @pytest.fixture(scope="session")
 def car_mp4(videos_dir: Path) -> Path:
-    return videos_dir / CAR_MP4
+    return clip_path(CAR_MP4)
+
+
+@pytest.fixture(scope="session")
+def person_mp4(videos_dir: Path) -> Path:
+    return clip_path(PERSON_MP4)
+
+
+@pytest.fixture(scope="session")
+def trimmed_mp4(videos_dir: Path) -> Path:
+    return clip_path(TRIMMED_MP4)
+
+
+# --------------------------------------------------------------------- RTSP
+@pytest.fixture(scope="session")
+def rtsp_deps() -> None:
+    """The GStreamer RTSP server can run; installs it once if needed, else FAILS (never skips)."""
+    from rtsp_fixture import INSTALL_SCRIPT, rtsp_available
+
+    if not rtsp_available(install=True):
+        pytest.fail(f"the GStreamer RTSP server (gst-rtsp-server for /usr/bin/python3) is not available and "
+                    f"`bash {INSTALL_SCRIPT.relative_to(REPO_ROOT)}` could not install it (needs root or sudo and "
+                    f"apt-get); `bash scripts/test.sh` installs it", pytrace=False)
 
 
 # ----------------------------------------------------------------- bad files
@@ -155,15 +218,15 @@ def _truncated_copy(src: Path, dst: Path, fraction: float = 0.35) -> Path:
 
 
 @pytest.fixture
-def truncated_mp4(tmp_path: Path, videos_dir: Path) -> Path:
+def truncated_mp4(tmp_path: Path, car_mp4: Path) -> Path:
     """First 35% of intel_car-detection.mp4 (moov first): opens, fails mid-decode."""
-    return _truncated_copy(videos_dir / CAR_MP4, tmp_path / "truncated_car.mp4")
+    return _truncated_copy(car_mp4, tmp_path / "truncated_car.mp4")
 
 
 @pytest.fixture
-def truncated_at_open_mp4(tmp_path: Path, videos_dir: Path) -> Path:
+def truncated_at_open_mp4(tmp_path: Path, trimmed_mp4: Path) -> Path:
     """First 35% of the trimmed mp4 (moov last): FFmpeg cannot even open it."""
-    return _truncated_copy(videos_dir / TRIMMED_MP4, tmp_path / "truncated_trimmed.mp4")
+    return _truncated_copy(trimmed_mp4, tmp_path / "truncated_trimmed.mp4")
 
 
 # -------------------------------------------------------------------- helpers

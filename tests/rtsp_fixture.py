@@ -36,8 +36,8 @@ SERVER_SCRIPT = REPO_ROOT / "scripts" / "rtsp_server.py"
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install_rtsp_deps.sh"
 SYSTEM_PYTHON = "/usr/bin/python3"
 _EXIT_BIND_FAILED = 3  # scripts/rtsp_server.py: port could not be bound
-# Sample videos live next to the repository: <repo>/../shared/data/videos.
-VIDEOS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+# The test footage committed with the tests (see tests/data/SOURCES.md).
+VIDEOS_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_VIDEO = VIDEOS_DIR / "intel_car-detection.mp4"
 
 _GI_CHECK = (
@@ -95,8 +95,8 @@ def rtsp_available(install: bool = True) -> bool:
     """True if ``scripts/rtsp_server.py`` can run (system python has gst-rtsp-server).
 
     With ``install=True`` (default) a missing dependency triggers one run of
-    the install script, so a ``skipif(not rtsp_available())`` only skips when
-    installation is genuinely impossible (e.g. no root / no network).
+    the install script. Tests do not skip on False: the ``rtsp_deps`` fixture
+    (tests/conftest.py) fails them with the reason.
     """
     return ensure_rtsp_deps() if install else _available_cached()
 

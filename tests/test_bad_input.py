@@ -46,7 +46,7 @@ def test_replay_of_a_truncated_file_keeps_the_decoded_frames(tmp_path: Path, red
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert [x["frame"] for x in read_jsonl(out)] == list(range(TRUNCATED_CAR_FRAMES))
-    assert f"mlink: camera truncated_car: error: {truncated_mp4}: decoding failed after {TRUNCATED_CAR_FRAMES} frames" in proc.stderr
+    assert f"mlink: error: camera truncated_car: {truncated_mp4}: decoding failed after {TRUNCATED_CAR_FRAMES} frames" in proc.stderr
     assert f"camera truncated_car: {TRUNCATED_CAR_FRAMES} records  ERROR: " in proc.stderr
 
 
@@ -119,7 +119,7 @@ def test_truncated_camera_errors_while_the_other_continues(tmp_path: Path, redis
     assert by_cam["bad"] == list(range(TRUNCATED_CAR_FRAMES))  # decoded before the cut: kept
     err = [e for e in events if e["event"] == "error"]
     assert len(err) == 1 and str(truncated_mp4) in err[0]["reason"]
-    assert f"mlink: camera bad: error: {truncated_mp4}: decoding failed" in proc.stderr
+    assert f"mlink: error: camera bad: {truncated_mp4}: decoding failed" in proc.stderr
     assert "camera good: 23 records\n" in proc.stderr
     assert f"camera bad: {TRUNCATED_CAR_FRAMES} records  ERROR: {truncated_mp4}" in proc.stderr
 
@@ -131,7 +131,7 @@ def test_refused_rtsp_camera_errors_while_the_other_continues(tmp_path: Path, re
     assert by_cam == {"good": list(range(23)), "bad": []}
     err = [e for e in events if e["event"] == "error"]
     assert len(err) == 1 and url in err[0]["reason"] and "cannot open" in err[0]["reason"]
-    assert f"mlink: camera bad: error: {url}: connection refused" in proc.stderr
-    assert proc.stderr.count("camera bad: error") == 1
+    assert f"mlink: error: camera bad: {url}: connection refused" in proc.stderr
+    assert proc.stderr.count("error: camera bad") == 1
     assert "camera good: 23 records\n" in proc.stderr
     assert f"camera bad: 0 records  ERROR: {url}: connection refused" in proc.stderr

@@ -52,7 +52,7 @@ def test_cluster_url_gives_cluster_client(cluster: LocalCluster) -> None:
 
 def test_pipeline_end_to_end_on_cluster(cluster: LocalCluster) -> None:
     from pipeline.app.supervisor import Supervisor
-    from stages.decoder import prepare_camera
+    from pipeline.registry import prepare_camera
 
     cfg = parse_config({
         "defaults": {"models": ["mog2_motion", "scene_light", "edge_density"], "mode": "replay"},

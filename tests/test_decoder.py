@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from conftest import CAR_MP4, GIF23, GIF35, TRUNCATED_CAR_FRAMES
+from conftest import TRUNCATED_CAR_FRAMES
 
 from pipeline.config import parse_config
+from pipeline.exitcodes import ExitCode
 from pipeline.keys import CAMERAS_KEY, GROUP, camera_key, frames_key, status_key
+from pipeline.registry import prepare_camera
 from pipeline.streams import decode_frame
-from stages.decoder import EXIT_FAILED, EXIT_OK, Decoder, prepare_camera
+from stages.decoder import Decoder
 
 
 def camera(name: str, source: Any, **kw: Any):
@@ -28,10 +30,10 @@ def events(r: redis.Redis, cam: str) -> list[dict]:
     return [json.loads(f[b"json"]) for _, f in r.xrange(status_key(cam))]
 
 
-def test_replay_sends_every_frame_in_order(r: redis.Redis, videos_dir: Path) -> None:
-    cam = camera("car", str(videos_dir / CAR_MP4), resize=96, window=1000)
+def test_replay_sends_every_frame_in_order(r: redis.Redis, car_mp4: Path) -> None:
+    cam = camera("car", str(car_mp4), resize=96, window=1000)
     prepare_camera(r, "car", fresh=True)
-    assert Decoder(cam, r).run() == EXIT_OK
+    assert Decoder(cam, r).run() == ExitCode.OK
     fs = frames(r, "car")
     assert len(fs) == 377
     assert [f.frame for f in fs] == list(range(377))
@@ -54,17 +56,17 @@ def test_raw_encoding_is_lossless(r: redis.Redis, gif23: Path) -> None:
 
     cam = camera("g", str(gif23), encoding="raw")
     prepare_camera(r, "g", fresh=True)
-    assert Decoder(cam, r).run() == EXIT_OK
+    assert Decoder(cam, r).run() == ExitCode.OK
     fs = frames(r, "g")
     assert len(fs) == 23
     for sent, vf in zip(fs, iter_frames(gif23)):
         assert (sent.image == vf.image).all()
 
 
-def test_file_list_plays_back_to_back_with_monotonic_pts(r: redis.Redis, videos_dir: Path) -> None:
-    cam = camera("two", [str(videos_dir / GIF23), str(videos_dir / GIF35)], resize=64, window=1000)
+def test_file_list_plays_back_to_back_with_monotonic_pts(r: redis.Redis, gif23: Path, gif35: Path) -> None:
+    cam = camera("two", [str(gif23), str(gif35)], resize=64, window=1000)
     prepare_camera(r, "two", fresh=True)
-    assert Decoder(cam, r).run() == EXIT_OK
+    assert Decoder(cam, r).run() == ExitCode.OK
     fs = frames(r, "two")
     assert [f.frame for f in fs] == list(range(23 + 35))
     assert all(b.pts > a.pts for a, b in zip(fs, fs[1:]))
@@ -86,14 +88,14 @@ def test_replay_backpressure_waits_for_room(r: redis.Redis, gif23: Path) -> None
     assert r.xlen(frames_key("bp")) == 5
     stop.set()
     t.join(5)
-    assert res == [EXIT_OK]
+    assert res == [ExitCode.OK]
     assert events(r, "bp")[-1]["event"] == "stopped"
 
 
 def test_live_mode_bounds_the_stream_and_counts_drops(r: redis.Redis, gif23: Path) -> None:
     cam = camera("live", str(gif23), mode="live", max_len=4)
     prepare_camera(r, "live", fresh=True)
-    assert Decoder(cam, r).run() == EXIT_OK  # paced at the clip's own rate: ~1.8 s
+    assert Decoder(cam, r).run() == ExitCode.OK  # paced at the clip's own rate: ~1.8 s
     fs = frames(r, "live")
     assert [f.frame for f in fs] == [19, 20, 21, 22]  # the newest frames survive
     ev = events(r, "live")[-1]
@@ -104,10 +106,10 @@ def test_live_mode_bounds_the_stream_and_counts_drops(r: redis.Redis, gif23: Pat
 def test_frame_index_continues_across_run_sessions(r: redis.Redis, gif23: Path) -> None:
     cam = camera("cont", str(gif23), window=1000)
     assert prepare_camera(r, "cont", fresh=False) == 0
-    assert Decoder(cam, r).run() == EXIT_OK
+    assert Decoder(cam, r).run() == ExitCode.OK
     assert prepare_camera(r, "cont", fresh=False) == 23  # `mlink run` again: indices go on
     assert r.xlen(frames_key("cont")) == 0
-    assert Decoder(cam, r).run() == EXIT_OK
+    assert Decoder(cam, r).run() == ExitCode.OK
     assert [f.frame for f in frames(r, "cont")] == list(range(23, 46))
     assert prepare_camera(r, "cont", fresh=True) == 0  # replay starts over
 
@@ -124,7 +126,7 @@ def test_fresh_prepare_unregisters_until_the_decoder_registers_again(r: redis.Re
 def test_truncated_file_sends_decoded_frames_then_error_event(r: redis.Redis, truncated_mp4: Path) -> None:
     cam = camera("trunc", str(truncated_mp4), resize=32, window=1000)
     prepare_camera(r, "trunc", fresh=True)
-    assert Decoder(cam, r).run() == EXIT_FAILED
+    assert Decoder(cam, r).run() == ExitCode.FAILED
     assert [f.frame for f in frames(r, "trunc")] == list(range(TRUNCATED_CAR_FRAMES))
     ev = events(r, "trunc")[-1]
     assert ev["event"] == "error" and ev["frames"] == TRUNCATED_CAR_FRAMES
@@ -134,7 +136,7 @@ def test_truncated_file_sends_decoded_frames_then_error_event(r: redis.Redis, tr
 def test_missing_file_is_an_error_event_not_an_exception(r: redis.Redis, tmp_path: Path) -> None:
     cam = camera("gone", str(tmp_path / "gone.mp4"))
     prepare_camera(r, "gone", fresh=True)
-    assert Decoder(cam, r).run() == EXIT_FAILED
+    assert Decoder(cam, r).run() == ExitCode.FAILED
     ev = events(r, "gone")
     assert [e["event"] for e in ev] == ["started", "error"]
     assert ev[1]["reason"] == f"{tmp_path / 'gone.mp4'}: file not found"
@@ -143,7 +145,7 @@ def test_missing_file_is_an_error_event_not_an_exception(r: redis.Redis, tmp_pat
 
 def test_glob_matching_nothing(r: redis.Redis, tmp_path: Path) -> None:
     cam = camera("empty", [str(tmp_path / "*.mp4")])
-    assert Decoder(cam, r).run() == EXIT_FAILED
+    assert Decoder(cam, r).run() == ExitCode.FAILED
     assert "camera empty: source matches no files" in events(r, "empty")[-1]["reason"]
 
 
@@ -152,6 +154,6 @@ def test_refused_rtsp_is_an_error_event(r: redis.Redis) -> None:
 
     url = f"rtsp://127.0.0.1:{free_port()}/x"
     cam = camera("door", url, rtsp={"open_timeout_s": 3, "read_timeout_s": 3})
-    assert Decoder(cam, r).run() == EXIT_FAILED
+    assert Decoder(cam, r).run() == ExitCode.FAILED
     ev = events(r, "door")[-1]
     assert ev["event"] == "error" and url in ev["reason"] and "cannot open" in ev["reason"]

@@ -59,7 +59,7 @@ def _events(r: redis.Redis, cam: str) -> list[dict]:
 ])
 def test_bad_rtsp_camera_errors_while_other_continues(priv: PrivateRedis, case: str, needle: str) -> None:
     from pipeline.app.supervisor import Supervisor
-    from stages.decoder import prepare_camera
+    from pipeline.registry import prepare_camera
 
     with start_rtsp_server(CAR) as good, start_rtsp_server(CAR, user="alice", password="s3cr3t") as auth:
         bad_url = {
@@ -109,7 +109,7 @@ def _wait_for_records(sup: Any, r: Any, n: int, within_s: float) -> None:
 
 def test_rtsp_restart_through_decoder(priv: PrivateRedis) -> None:
     from pipeline.app.supervisor import Supervisor
-    from stages.decoder import prepare_camera
+    from pipeline.registry import prepare_camera
 
     with start_rtsp_server(CAR) as srv:
         rtsp = {"open_timeout_s": 3, "read_timeout_s": 2, "stall_after_s": 1, "backoff_initial_s": 0.2, "backoff_max_s": 1}
@@ -144,7 +144,7 @@ def test_rtsp_restart_through_decoder(priv: PrivateRedis) -> None:
 
 def test_live_decoder_drops_and_counts_while_redis_is_away(priv: PrivateRedis) -> None:
     from pipeline.app.supervisor import Supervisor
-    from stages.decoder import prepare_camera
+    from pipeline.registry import prepare_camera
 
     with start_rtsp_server(CAR) as srv:
         cfg = parse_config({"cameras": {"cam": {"source": srv.url, "models": CHEAP, "mode": "live", "resize": 320}}})

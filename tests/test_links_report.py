@@ -1,6 +1,5 @@
 """links train + links report on a small real profile (a short GIF, cheap models)."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -8,8 +7,7 @@ import pytest
 
 from links.linkset import LinkSet
 from links.samples import AlignedSamples
-from pipeline.app.cli_links import add_parsers
-from pipeline.errors import UserError
+from pipeline.app.cli import main
 from stages.profiler import profile_videos
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
@@ -18,10 +16,8 @@ CHEAP = ["haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_den
 
 
 def run(argv):
-    ap = argparse.ArgumentParser(prog="mlink")
-    add_parsers(ap.add_subparsers(dest="cmd", required=True))
-    args = ap.parse_args(argv)
-    return args.func(args)
+    """The console script's own entry point, in process."""
+    return main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +56,30 @@ def test_train_and_report_on_real_footage(real_samples, tmp_path, capsys):
     assert d["edge_density"].confidence == 1.0 and d["hog_people"].via == ("edge_density",)
 
 
-def test_cli_errors_are_user_errors(real_samples, tmp_path):
-    with pytest.raises(UserError, match="links file not found"):
-        run(["links", "report", str(tmp_path / "none"), "--samples", str(real_samples)])
-    with pytest.raises(UserError, match="--first"):
-        run(["links", "train", str(real_samples), "--out", str(tmp_path / "x"), "--first", "1.5"])
+def one_line_error(capsys, *needles):
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("mlink: error: "), err
+    for n in needles:
+        assert n in err[0], err
+    return err[0]
+
+
+def test_cli_errors_are_user_errors(real_samples, tmp_path, capsys):
+    assert run(["links", "report", str(tmp_path / "none"), "--samples", str(real_samples)]) == 1
+    one_line_error(capsys, "links file not found")
+    assert run(["links", "train", str(real_samples), "--out", str(tmp_path / "x"), "--first", "1.5"]) == 1
+    one_line_error(capsys, "--first")
     bad = tmp_path / "bad.npz"
     bad.write_text("nope")
-    with pytest.raises(UserError):
-        run(["links", "train", str(bad), "--out", str(tmp_path / "x")])
+    assert run(["links", "train", str(bad), "--out", str(tmp_path / "x")]) == 1
+    one_line_error(capsys, str(bad))
     # links trained on other models do not match these samples
     other = AlignedSamples.load(real_samples)
     sub = AlignedSamples(other.models[:3])
     for i in range(10):
         sub.append("c", i, i / 10, {m.name: other.outputs[m.name][i] for m in other.models[:3]})
     sub_path = sub.save(tmp_path / "sub.npz")
-    run(["links", "train", str(sub_path), "--out", str(tmp_path / "sub"), "--epochs", "2", "--quiet"])
-    with pytest.raises(UserError, match="trained for models"):
-        run(["links", "report", str(tmp_path / "sub"), "--samples", str(real_samples)])
+    assert run(["links", "train", str(sub_path), "--out", str(tmp_path / "sub"), "--epochs", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert run(["links", "report", str(tmp_path / "sub"), "--samples", str(real_samples)]) == 1
+    one_line_error(capsys, "trained for models")

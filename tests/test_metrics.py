@@ -41,7 +41,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_endpoint_per_camera(priv: PrivateRedis) -> None:
-    from stages.decoder import register_camera
+    from pipeline.registry import register_camera
     from stages.scheduler import Worker
 
     cfg = parse_config({"cameras": {"m1": {"source": str(GIF), "models": ["scene_light", "edge_density"]}}})

@@ -1,13 +1,12 @@
 """mlink profile on real footage: aligned outputs, documented .npz, one-line errors."""
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from links.samples import AlignedSamples
-from pipeline.app.cli_links import add_parsers
+from pipeline.app.cli import main
 from pipeline.errors import UserError
 from stages.profiler import profile_videos
 
@@ -18,17 +17,13 @@ CHEAP = ["haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_den
 needs_footage = pytest.mark.skipif(not GIF.exists(), reason="sample footage not present")
 
 
-def parse(argv):
-    ap = argparse.ArgumentParser(prog="mlink")
-    add_parsers(ap.add_subparsers(dest="cmd", required=True))
-    return ap.parse_args(argv)
 
 
 @needs_footage
 def test_profile_real_gif(tmp_path, capsys):
     out = tmp_path / "s.npz"
-    args = parse(["profile", str(GIF), "--models", ",".join(CHEAP), "--every", "2", "--max-frames", "12", "--out", str(out), "--quiet"])
-    assert args.func(args) == 0
+    # Through the console script's own entry point (pipeline.app.cli.main).
+    assert main(["profile", str(GIF), "--models", ",".join(CHEAP), "--every", "2", "--max-frames", "12", "--out", str(out), "--quiet"]) == 0
     s = AlignedSamples.load(out)
     assert len(s) == 12 and s.names == CHEAP
     assert s.frame.tolist() == list(range(0, 24, 2))  # every 2nd decoded frame

@@ -53,7 +53,7 @@ def _statuses(r: redis.Redis, cam: str) -> list[dict]:
 def test_kill9_worker_three_times_loses_no_frame(priv: PrivateRedis) -> None:
     from pipeline.app.collect import ResultCollector
     from pipeline.app.supervisor import Supervisor
-    from stages.decoder import prepare_camera
+    from pipeline.registry import prepare_camera
 
     cfg = replay_config([str(PERSON)], models=CHEAP, fps=7.2, resize=256, window=64)
     cam = next(iter(cfg.cameras))
@@ -108,7 +108,7 @@ def test_kill9_worker_three_times_loses_no_frame(priv: PrivateRedis) -> None:
 def test_bad_frame_entry_is_reported_acked_and_skipped(priv: PrivateRedis) -> None:
     import numpy as np
 
-    from stages.decoder import register_camera
+    from pipeline.registry import register_camera
     from stages.scheduler import Worker
 
     cfg = parse_config({"cameras": {"cam-a": {"source": str(STORE_GIF), "models": CHEAP}}})
@@ -136,7 +136,7 @@ def test_bad_frame_entry_is_reported_acked_and_skipped(priv: PrivateRedis) -> No
 @pytest.mark.slow
 def test_redis_restart_under_running_pipeline(priv: PrivateRedis) -> None:
     from pipeline.app.supervisor import Supervisor
-    from stages.decoder import prepare_camera
+    from pipeline.registry import prepare_camera
 
     cfg = parse_config({"cameras": {"live": {"source": str(STORE_GIF), "models": CHEAP, "mode": "live", "loop": True, "resize": 240}}})
     r = priv.client()
@@ -179,7 +179,7 @@ def test_worker_survives_redis_restart_in_process(priv: PrivateRedis) -> None:
     """The worker itself reconnects (no process restart) and re-creates its lost group."""
     import numpy as np
 
-    from stages.decoder import register_camera
+    from pipeline.registry import register_camera
     from stages.scheduler import Worker
 
     cfg = parse_config({"cameras": {"c1": {"source": str(STORE_GIF), "models": ["scene_light"]}}})
@@ -220,7 +220,8 @@ def test_worker_survives_redis_restart_in_process(priv: PrivateRedis) -> None:
 @pytest.mark.slow
 def test_live_stream_bounded_with_scheduler_stopped(priv: PrivateRedis) -> None:
     """Live camera at ~15 fps, no scheduler for STALL_S seconds (60 in the issue, shortened here)."""
-    from stages.decoder import Decoder, prepare_camera
+    from stages.decoder import Decoder
+    from pipeline.registry import prepare_camera
 
     stall_s = float(os.environ.get("MLINK_TEST_STALL_S", "8"))
     cfg = parse_config({"cameras": {"live": {"source": str(STORE_GIF), "models": CHEAP, "mode": "live", "loop": True,
@@ -253,7 +254,7 @@ def test_live_stream_bounded_with_scheduler_stopped(priv: PrivateRedis) -> None:
 def test_result_stream_retention(priv: PrivateRedis) -> None:
     import numpy as np
 
-    from stages.decoder import register_camera
+    from pipeline.registry import register_camera
     from stages.scheduler import Worker
 
     cfg = parse_config({"cameras": {"ret": {"source": str(STORE_GIF), "models": ["scene_light"], "results_max_len": 100}}})

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from conftest import CHEAP_MODELS, GIF23, GIF35, check_record
+from conftest import CHEAP_MODELS, check_record
 
 from pipeline.config import parse_config
+from pipeline.exitcodes import ExitCode
 from pipeline.keys import GROUP, frames_key, results_key, status_key
-from stages.decoder import EXIT_OK, Decoder, prepare_camera
+from pipeline.registry import prepare_camera
+from stages.decoder import Decoder
 from stages.scheduler import Worker
 
 
@@ -20,16 +22,16 @@ def decode_into_redis(r: redis.Redis, name: str, source: Path, models: list[Any]
     body = {"source": str(source), "models": models or CHEAP_MODELS, "window": 10_000, **kw}
     cam = parse_config({"cameras": {name: body}}).cameras[name]
     prepare_camera(r, name, fresh=True)
-    assert Decoder(cam, r).run() == EXIT_OK
+    assert Decoder(cam, r).run() == ExitCode.OK
 
 
 def records(r: redis.Redis, cam: str) -> list[dict]:
     return [json.loads(f[b"json"]) for _, f in r.xrange(results_key(cam))]
 
 
-def test_one_record_per_frame_with_every_model(r: redis.Redis, videos_dir: Path) -> None:
-    decode_into_redis(r, "people", videos_dir / GIF23)
-    decode_into_redis(r, "walk", videos_dir / GIF35, resize=240)
+def test_one_record_per_frame_with_every_model(r: redis.Redis, gif23: Path, gif35: Path) -> None:
+    decode_into_redis(r, "people", gif23)
+    decode_into_redis(r, "walk", gif35, resize=240)
     w = Worker(r, batch=8, block_ms=50)
     stats = w.run(idle_exit_s=1.0)
     assert stats.frames == 23 + 35 and stats.bad_frames == 0
@@ -49,18 +51,32 @@ def test_one_record_per_frame_with_every_model(r: redis.Redis, videos_dir: Path)
     assert records(r, "walk")[0]["outputs"]["mog2_motion"]["value"] == 1.0
 
 
-def test_two_workers_share_the_group_without_duplicates(r: redis.Redis, videos_dir: Path) -> None:
-    decode_into_redis(r, "shared", videos_dir / GIF35, models=["scene_light", "edge_density"])
+def test_two_workers_share_the_group_without_duplicates(r: redis.Redis, gif35: Path) -> None:
+    decode_into_redis(r, "shared", gif35, models=["scene_light", "edge_density"])
     workers = [Worker(redis.Redis(connection_pool=r.connection_pool), batch=2, block_ms=50, name=f"w{i}") for i in range(2)]
-    threads = [threading.Thread(target=w.run, kwargs={"idle_exit_s": 1.0}) for w in workers]
+    for w in workers:
+        w.refresh_cameras(force=True)  # models loaded before the race starts: neither has a head start
+    go = threading.Barrier(2)
+
+    def serve(w: Worker) -> None:
+        go.wait(10)
+        w.run(idle_exit_s=1.0)
+
+    threads = [threading.Thread(target=serve, args=(w,)) for w in workers]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     recs = records(r, "shared")
-    assert sorted(x["frame"] for x in recs) == list(range(35))  # each frame exactly once
-    assert sum(w.stats.frames for w in workers) == 35
-    assert {x["worker"] for x in recs} <= {"w0", "w1"}
+    frames = [x["frame"] for x in recs]
+    assert len(frames) == len(set(frames)), "a frame was processed twice"
+    assert sorted(frames) == list(range(35))  # and none was lost
+    by_worker = {w.name: sorted(x["frame"] for x in recs if x["worker"] == w.name) for w in workers}
+    assert {x["worker"] for x in recs} == {"w0", "w1"}, f"one worker did everything: { {k: len(v) for k, v in by_worker.items()} }"
+    for w in workers:  # each worker's records are the frames it counted, and it did take part
+        assert by_worker[w.name] and len(by_worker[w.name]) == w.stats.frames, (w.name, by_worker, w.stats)
+    consumers = {c["name"].decode(): c for c in r.xinfo_consumers(frames_key("shared"), GROUP)}
+    assert set(consumers) == {"w0", "w1"} and all(c["pending"] == 0 for c in consumers.values())
 
 
 def test_a_dead_workers_pending_frames_are_reclaimed(r: redis.Redis, gif23: Path) -> None:
@@ -85,7 +101,7 @@ def test_bad_frame_entry_is_reported_and_skipped(r: redis.Redis, gif23: Path) ->
     w.run(idle_exit_s=1.0)
     assert w.stats.frames == 23 and w.stats.bad_frames == 2
     assert [x["frame"] for x in records(r, "bad")] == list(range(23))
-    errs = [json.loads(f[b"json"]) for _, f in r.xrange(status_key("bad")) if f[b"event"] == b"error"]
+    errs = [json.loads(f[b"json"]) for _, f in r.xrange(status_key("bad")) if f[b"event"] == b"bad_frame"]
     assert len(errs) == 2
     assert "corrupt JPEG" in errs[0]["reason"] and "lacks field(s)" in errs[1]["reason"]
     assert all(e["reason"].startswith("camera bad: bad frame entry") for e in errs)

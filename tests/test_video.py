@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CAR_MP4, FRAME_COUNTS, TRUNCATED_CAR_FRAMES
+from conftest import FRAME_COUNTS, TRUNCATED_CAR_FRAMES
 
 from pipeline.errors import UserError
 from pipeline.video import (
     Sampler,
-    _label,
+    source_label,
     check_file,
     iter_frames,
     open_source,
@@ -55,12 +55,12 @@ def test_every_kth_and_resize_pair(car_mp4: Path) -> None:
     assert frames[0].image.shape == (50, 100, 3)
 
 
-def test_probe_frame_count(videos_dir: Path) -> None:
-    assert probe_frame_count(videos_dir / CAR_MP4) == 377
-    assert probe_frame_count(videos_dir / "intel_preview_people-detection.gif") == 23
-    assert probe_frame_count(videos_dir / "does-not-exist.mp4") is None
-    assert probe_frame_count(videos_dir / CAR_MP4, fps=2) == 61  # what --fps 2 keeps (progress total)
-    assert probe_frame_count(videos_dir / CAR_MP4, fps=50) == 377
+def test_probe_frame_count(car_mp4: Path, gif23: Path, tmp_path: Path) -> None:
+    assert probe_frame_count(car_mp4) == 377
+    assert probe_frame_count(gif23) == 23
+    assert probe_frame_count(tmp_path / "does-not-exist.mp4") is None
+    assert probe_frame_count(car_mp4, fps=2) == 61  # what --fps 2 keeps (progress total)
+    assert probe_frame_count(car_mp4, fps=50) == 377
 
 
 # ---------------------------------------------------------------- units
@@ -87,8 +87,8 @@ def test_resize_frame() -> None:
 
 
 def test_label_hides_rtsp_password() -> None:
-    assert _label("rtsp://admin:hunter2@10.0.0.1:554/s") == "rtsp://***@10.0.0.1:554/s"
-    assert _label("/data/a.mp4") == "/data/a.mp4"
+    assert source_label("rtsp://admin:hunter2@10.0.0.1:554/s") == "rtsp://***@10.0.0.1:554/s"
+    assert source_label("/data/a.mp4") == "/data/a.mp4"
 
 
 # ---------------------------------------------------------------- errors

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_ZOO, GIF23, GIF35
+from conftest import DEFAULT_ZOO
 
 from links.outputs import ModelOutput, OutputKind
 from pipeline.config import ZOO, CallableSpec, HaarSpec, YoloSpec, resolve_model_spec
@@ -36,9 +36,9 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def walking(videos_dir: Path) -> list[np.ndarray]:
+def walking(gif35: Path) -> list[np.ndarray]:
     """Four frames (0, 10, 20, 30) of a clip with two people walking towards the camera."""
-    return [f.image for f in iter_frames(videos_dir / GIF35, every=10)]
+    return [f.image for f in iter_frames(gif35, every=10)]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_scene_light_and_edge_density_are_deterministic(walking: list[np.ndarray
     assert ed.predict([black], ["c"])[0].value == 0.0
 
 
-def test_mog2_keeps_one_background_per_camera(videos_dir: Path) -> None:
-    frames = [f.image for f in iter_frames(videos_dir / GIF23, every=5)]
+def test_mog2_keeps_one_background_per_camera(gif23: Path) -> None:
+    frames = [f.image for f in iter_frames(gif23, every=5)]
     m = Mog2MotionModel("m")
     first = m.predict(frames[:1], ["a"])[0]
     assert first.value == 1.0  # a fresh background model sees everything as foreground
@@ -128,9 +128,24 @@ def test_corrupt_yolo_weights(tmp_path: Path) -> None:
         YoloModel("y", p)
 
 
-def test_build_model_from_specs() -> None:
-    assert isinstance(build_model(HaarSpec(adapter="haar", name="e", cascade="eyes")), HaarModel)
+def test_build_model_from_specs(walking: list[np.ndarray], yolo: YoloModel) -> None:
+    eyes = build_model(HaarSpec(adapter="haar", name="e", cascade="eyes"))
+    assert isinstance(eyes, HaarModel) and eyes.classes == ("eyes",)
     c = build_model(CallableSpec(adapter="callable", name="s", target="pipeline.builtin_models:edge_density", kind="scalar"))
     assert isinstance(c, CallableModel) and c.classes == ("value",)
-    y = YoloSpec(adapter="yolo", name="p", path="packaged:fall")
-    assert y.imgsz == 320
+    black = np.zeros((90, 160, 3), np.uint8)
+    stripes = black.copy()
+    stripes[:, ::8] = 255
+    assert [o.value > 0.05 for o in c.predict([black, stripes], ["c", "c"])] == [False, True]  # the target really runs
+    # A spec's detector settings reach the detector. conf: a 0.7 threshold keeps exactly the
+    # default (0.25) run's boxes scoring >= 0.7, and on these frames that drops some.
+    cams = ["c"] * len(walking)
+    loose = yolo.predict(walking, cams)
+    strict = build_model(YoloSpec(adapter="yolo", name="p", path="packaged:fall", conf=0.7)).predict(walking, cams)
+    for lo, st in zip(loose, strict):
+        kept = sorted(float(s) for s in (lo.scores if lo.count else []) if s >= 0.7)
+        assert sorted(float(s) for s in (st.scores if st.count else [])) == pytest.approx(kept)
+    assert 0 < sum(o.count for o in strict) < sum(o.count for o in loose)
+    # imgsz: at 64 px the two walking people are too small to find; at the default 320 both are
+    tiny = build_model(YoloSpec(adapter="yolo", name="p", path="packaged:fall", imgsz=64)).predict(walking, cams)
+    assert [o.count for o in tiny] == [0] * len(walking) and all(o.count >= 1 for o in loose)

@@ -27,11 +27,25 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import redis
 
+from links.budget import ModelCost, parse_budget
+from links.linkset import LinkSet
+from links.metrics import model_accuracy, scalar_tolerance
+from links.outputs import ModelOutput
+from links.policies import frame_difference, thumbnail
+from links.samples import AlignedSamples, ModelMeta
+from pipeline.app.session import ProgressSink, RecordStore, SessionOptions, run_session
+from pipeline.config import Config, SchedulerConfig, replay_config_from
+from pipeline.costs import measure_config_costs
 from pipeline.errors import UserError
+from pipeline.keys import camera_key, links_key
+from pipeline.redis_conn import EmbeddedRedis, connect
+from pipeline.video import iter_frames
+from pipeline.zoo import build_models
 
 
 @dataclass
@@ -45,55 +59,29 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _replay(cfg: Any, url: str, *, seed_start: dict[str, int] | None = None, desc: str = "replay", total: int | None = None) -> RunResult:
-    """Run the real pipeline over ``cfg``'s cameras; optionally start each at a frame."""
-    from tqdm import tqdm
+def _replay(cfg: Config, url: str, *, seed: Callable[[redis.Redis], None] | None = None, desc: str = "replay", total: int | None = None) -> RunResult:
+    """One run of the real pipeline over ``cfg``'s cameras (the session engine of ``mlink replay``).
 
-    from pipeline.app.collect import ResultCollector
-    from pipeline.app.supervisor import Supervisor
-    from pipeline.keys import camera_key, frames_key
-    from pipeline.redis_conn import connect
-    from stages.decoder import prepare_camera
-
-    r = connect(url)
-    cams = list(cfg.cameras)
-    for c in cams:
-        prepare_camera(r, c, fresh=True)
-        if seed_start and seed_start.get(c):
-            s = seed_start[c]
-            # The decoder skips what "was already sent": the training part of the clip.
-            r.hset(camera_key(c), mapping={"next_frame": s, "session_first_frame": s, "source_pos": s})
-    coll = ResultCollector(r, cams, from_start=True)
-    sup = Supervisor(cfg, url, workers=1, policy=cfg.scheduler.runtime_options()).start()
-    recs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-    bar = tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
-    try:
-        while True:
-            for ev in sup.poll():
-                bar.write(f"mlink bench: {ev}")
-            for ev in coll.poll_status():
-                if ev["event"] == "error":
-                    raise UserError(f"bench: camera {ev['camera']}: {ev.get('reason')}")
-            new = coll.poll_records(block_ms=100, count=1000)
-            for rec in new:
-                recs[rec["camera"]][int(rec["frame"])] = rec
-            bar.update(len(new))
-            if sup.decoders_done() and all(r.xlen(frames_key(c)) == 0 for c in cams):
-                for rec in coll.poll_records(block_ms=0, count=1_000_000):
-                    recs[rec["camera"]][int(rec["frame"])] = rec
-                break
-    finally:
-        bar.close()
-        sup.stop()
+    ``seed`` prepares Redis once the cameras are clean and before any stage starts
+    (start frames, links trained from the reference run).
+    """
+    store, progress = RecordStore(), ProgressSink(total, desc, leave=False)
+    res = run_session(cfg, url, [store, progress], SessionOptions(fresh=True, workers=1, on_prepared=seed), say=progress.say)
+    if res.errors:
+        cam, reason = next(iter(res.errors.items()))
+        raise UserError(f"bench: camera {cam}: {reason}")
+    if res.stage_failures:
+        raise UserError(f"bench: {res.stage_failures[0]}")
+    recs = store.records
     done = [rec["wall"] + rec["latency_ms"]["total"] / 1000 for cr in recs.values() for rec in cr.values()]
     n = len(done)
     span = (max(done) - min(done)) if n > 1 else float("nan")
     model_s = sum(o.get("ms", 0.0) for cr in recs.values() for rec in cr.values() for o in rec["outputs"].values() if o["origin"] == "executed") / 1000
     worker_s = sum(rec["latency_ms"].get("worker", 0.0) for cr in recs.values() for rec in cr.values()) / 1000
     links_s = sum(rec["latency_ms"].get("links", 0.0) for cr in recs.values() for rec in cr.values()) / 1000
-    res = RunResult(cfg.scheduler.policy, cfg.scheduler.budget, dict(recs), (n - 1) / span if span == span and span > 0 else float("nan"), span, model_s)
-    res.extra.update(worker_s=worker_s, links_s=links_s)
-    return res
+    out = RunResult(cfg.scheduler.policy, cfg.scheduler.budget, dict(recs), (n - 1) / span if span == span and span > 0 else float("nan"), span, model_s)
+    out.extra.update(worker_s=worker_s, links_s=links_s, restarts=res.restarts)
+    return out
 
 
 def _all(run: RunResult) -> list[dict[str, Any]]:
@@ -108,8 +96,6 @@ def _overhead(run: RunResult) -> float:
 
 
 def _samples_from_records(records: list[dict[str, Any]], metas: list[Any]) -> Any:
-    from links.outputs import ModelOutput
-    from links.samples import AlignedSamples
 
     s = AlignedSamples(metas)
     for rec in records:
@@ -120,8 +106,6 @@ def _samples_from_records(records: list[dict[str, Any]], metas: list[Any]) -> An
 
 def _diffs_for_frames(video: Path, frames: list[int], resize: Any) -> list[float]:
     """Consecutive-frame differences (Reducto's feature) for the given frame indices."""
-    from links.policies import frame_difference, thumbnail
-    from pipeline.video import iter_frames
 
     want = set(frames)
     out: dict[int, float] = {}
@@ -146,8 +130,6 @@ def _value_key(o: dict[str, Any]) -> Any:
 
 def informative_targets(ref: list[dict[str, Any]], models: list[str]) -> dict[str, bool]:
     """True where the model's most common value covers < 90% of the frames."""
-    from links.metrics import scalar_tolerance
-
     info = {}
     for m in models:
         outs = [rec["outputs"][m] for rec in ref]
@@ -163,8 +145,6 @@ def informative_targets(ref: list[dict[str, Any]], models: list[str]) -> dict[st
 
 
 def score_run(run: RunResult, ref: RunResult, metas: dict[str, Any], eval_frames: dict[str, list[int]]) -> dict[str, Any]:
-    from links.metrics import model_accuracy
-    from links.outputs import ModelOutput
 
     per_model: dict[str, list[float]] = defaultdict(list)
     exec_ms = ref_ms = 0.0
@@ -199,13 +179,6 @@ def run_bench(videos: list[str], budgets: list[str], policies: list[str], out_di
               redis_url: str | None = None, train_frac: float = 0.5, period_frames: int = 200, seed: int = 0) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from links.linkset import LinkSet
-    from links.samples import ModelMeta
-    from pipeline.config import SchedulerConfig, replay_config_from
-    from pipeline.costs import measure_config_costs
-    from pipeline.keys import links_key
-    from pipeline.redis_conn import EmbeddedRedis, connect
-    from pipeline.zoo import build_models
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = replay_config_from(videos, config)
@@ -219,8 +192,6 @@ def run_bench(videos: list[str], budgets: list[str], policies: list[str], out_di
         r = connect(url)
         costs = measure_config_costs(cfg, r, check_budget=False, remeasure=True)  # a benchmark measures, never trusts a cache
         total_ms = sum(c.ms for c in costs.values())
-        from links.budget import ModelCost, parse_budget
-
         mc = {n: ModelCost(n, c.ms, c.mem_mb, c.gpu_mb) for n, c in costs.items()}
         for b in budgets:
             try:
@@ -258,10 +229,15 @@ def run_bench(videos: list[str], budgets: list[str], policies: list[str], out_di
         combos = [(p, b) for b in budgets for p in policies if p != "all"]
         for p, b in tqdm(combos, desc="bench runs", unit="run", dynamic_ncols=True):
             cfg.scheduler = SchedulerConfig(policy=p, budget=b, period_frames=period_frames, profile_fraction=0.02, cold_start_frames=120)
-            for cam in cfg.cameras:
-                r.delete(links_key(cam))
-                r.hset(links_key(cam), mapping={"version": 1, **seeds[cam]})
-            run = _replay(cfg, url, seed_start=cut, desc=f"{p} @ {b}", total=sum(len(v) for v in eval_frames.values()))
+
+            def seed(r: redis.Redis) -> None:
+                for cam in cfg.cameras:
+                    # The decoder skips what "was already sent": the training part of the clip.
+                    s = cut[cam]
+                    r.hset(camera_key(cam), mapping={"next_frame": s, "session_first_frame": s, "source_pos": s})
+                    r.hset(links_key(cam), mapping={"version": 1, **seeds[cam]})
+
+            run = _replay(cfg, url, seed=seed, desc=f"{p} @ {b}", total=sum(len(v) for v in eval_frames.values()))
             sc = score_run(run, ref, metas, eval_frames)
             runs.append({"policy": p, "budget": b, "fps": run.fps, "wall_s": run.wall_s, "model_s": run.model_s,
                          "overhead_share": _overhead(run), "links_ms_per_frame": 1000 * run.extra["links_s"] / max(len(_all(run)), 1), **sc})

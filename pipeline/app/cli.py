@@ -1,24 +1,30 @@
-"""The ``mlink`` command line.
+"""The ``mlink`` command line (the console script's ``main``).
 
-Every user error surfaces as ``mlink: error: <one line>`` and exit code 1 (2
-for usage errors, from argparse); tracebacks are for bugs only.
+Every user error surfaces as ``mlink: error: <one line>`` and exit code 1 (2 for
+usage errors, from argparse); tracebacks are for bugs only. Heavy modules (torch,
+the stages) are imported inside the commands that need them, so ``mlink --help``
+and the read-only commands start fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from links.errors import LinksError
+from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.exitcodes import ExitCode
+from pipeline.home import quiet_third_party
 
 DEFAULT_CONFIG = "cameras.yaml"
+POLICY_HELP = "scheduling policy: all, standalone, prior, hold-last, reducto, mlink, ours"
+BUDGET_HELP = "33%% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models"
 
 
 # ------------------------------------------------------------------ helpers
@@ -27,19 +33,17 @@ class _Redis:
 
     def __init__(self, url: str | None) -> None:
         self.given = url
-        self.embedded = None
+        self.embedded: Any = None
 
     def __enter__(self) -> str:
-        if self.given:
-            from pipeline.redis_conn import connect
+        from pipeline.redis_conn import EmbeddedRedis, connect
 
+        if self.given:
             connect(self.given).close()
             return self.given
-        from pipeline.redis_conn import EmbeddedRedis
-
         self.embedded = EmbeddedRedis().start()
         print(f"mlink: embedded redis at {self.embedded.url} (stopped on exit)", file=sys.stderr)
-        return self.embedded.url
+        return str(self.embedded.url)
 
     def __exit__(self, *exc: object) -> None:
         if self.embedded is not None:
@@ -47,7 +51,7 @@ class _Redis:
 
 
 class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag so loops stop cleanly (no traceback)."""
+    """SIGINT/SIGTERM become a flag so a command's loop stops cleanly (no traceback)."""
 
     def __init__(self) -> None:
         self.flag = False
@@ -60,193 +64,7 @@ class _Interrupt:
         self.flag = True
 
 
-def _compact(rec: dict[str, Any]) -> str:
-    parts = []
-    for m, o in rec["outputs"].items():
-        tag = "" if o["origin"] == "executed" else f"({o['origin'][0]})"
-        if "count" in o:
-            parts.append(f"{m}={o['count']}{tag}")
-        elif "label" in o:
-            parts.append(f"{m}={o['label']}{tag}")
-        elif "value" in o:
-            parts.append(f"{m}={o['value']:.3f}{tag}")
-        else:
-            parts.append(f"{m}=-{tag}")
-    return f"{rec['camera']} #{rec['frame']} t={rec['pts']:.2f}s {rec['latency_ms']['total']:.0f}ms  " + " ".join(parts)
-
-
-def _summary(records_by_cam: dict[str, int], model_ms: dict[str, list[float]], origins: dict[str, dict[str, int]], wall_s: float, errors: dict[str, str], duplicates: int) -> str:
-    total = sum(records_by_cam.values())
-    lines = [f"summary: {total} records from {len(records_by_cam)} camera(s) in {wall_s:.1f}s = {total / max(wall_s, 1e-9):.1f} frames/s" + (f"; {duplicates} duplicate deliveries hidden" if duplicates else "")]
-    for cam, n in sorted(records_by_cam.items()):
-        lines.append(f"  camera {cam}: {n} records" + (f"  ERROR: {errors[cam]}" if cam in errors else ""))
-    for cam in sorted(set(errors) - set(records_by_cam)):
-        lines.append(f"  camera {cam}: 0 records  ERROR: {errors[cam]}")
-    if model_ms:
-        lines.append(f"  {'model':18s} {'runs':>6s} {'ms/frame':>9s} {'total s':>8s}  origins")
-        for m, v in model_ms.items():
-            o = ", ".join(f"{k}={c}" for k, c in sorted(origins[m].items()))
-            lines.append(f"  {m:18s} {len(v):6d} {sum(v) / max(len(v), 1):9.1f} {sum(v) / 1000:8.1f}  {o}")
-    return "\n".join(lines)
-
-
-def _frames_pending(r: Any, cams: list[str]) -> int:
-    from pipeline.keys import frames_key
-
-    return sum(int(r.xlen(frames_key(c))) for c in cams)
-
-
-def _pipeline_session(cfg: Any, redis_url: str, *, fresh: bool, workers: int | None, batch: int | None, policy: str | None,
-                      out: Path | None, show: str, progress_total: int | None, stop_when_done: bool,
-                      metrics_port: int | None = None) -> int:
-    """Start decoders + workers, follow results until done (or Ctrl-C), print a summary."""
-    from pipeline.app.collect import ResultCollector
-    from pipeline.app.supervisor import Supervisor
-    from pipeline.redis_conn import connect
-    from stages.decoder import prepare_camera
-    from stages.scheduler import make_frame_policy
-
-    r = connect(redis_url)
-    policy = policy or cfg.scheduler.runtime_options()
-    make_frame_policy(policy)  # unknown policy -> error before anything starts
-    if cfg.scheduler.policy != "all":
-        measure_config_costs(cfg, r, check_budget=True)
-    cams = list(cfg.cameras)
-    for c in cams:
-        prepare_camera(r, c, fresh=fresh)
-    coll = ResultCollector(r, cams, from_start=fresh)
-    sup = Supervisor(cfg, redis_url, workers=workers, batch=batch, policy=policy).start()
-    if metrics_port is not None:
-        print(f"mlink: metrics on http://127.0.0.1:{sup.serve_metrics(metrics_port)}/metrics", file=sys.stderr)
-    stop = _Interrupt()
-    bar = None
-    if show == "progress":
-        from tqdm import tqdm
-
-        bar = tqdm(total=progress_total, unit="frame", desc="replay", dynamic_ncols=True, file=sys.stderr)
-    sink = open(out, "w") if out else None
-    model_ms: dict[str, list[float]] = defaultdict(list)
-    origins: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    t0 = time.monotonic()
-    done_since: float | None = None
-    try:
-        while not stop.flag:
-            for ev in sup.poll():
-                print(f"mlink: {ev}", file=sys.stderr)
-            for ev in coll.poll_status():
-                if ev["event"] == "error":  # a "failed" watchdog event is always followed by the decoder's error
-                    msg = f"mlink: camera {ev['camera']}: {ev['event']}: {ev.get('reason', '')}"
-                    if bar is not None:
-                        bar.write(msg, file=sys.stderr)
-                    else:
-                        print(msg, file=sys.stderr)
-                elif show == "compact":
-                    print(f"[status] {ev['camera']}: {ev['event']}" + (f" ({ev.get('reason')})" if ev.get("reason") else ""), file=sys.stderr)
-            recs = coll.poll_records(block_ms=100)
-            for rec in recs:
-                for m, o in rec["outputs"].items():
-                    origins[m][o["origin"]] += 1
-                    if o["origin"] == "executed":
-                        model_ms[m].append(o.get("ms", 0.0))
-                line = json.dumps(rec, separators=(",", ":"))
-                if sink:
-                    sink.write(line + "\n")
-                if show == "json":
-                    print(line, flush=True)
-                elif show == "compact":
-                    print(_compact(rec), flush=True)
-            if bar is not None and recs:
-                bar.update(len(recs))
-            if stop_when_done and sup.decoders_done():
-                if _frames_pending(r, cams) == 0:
-                    # Decoders ended and every frame is deleted, i.e. has a record: drain and finish.
-                    done_since = done_since or time.monotonic()
-                    if time.monotonic() - done_since > 0.3:
-                        coll.poll_status()
-                        for rec in coll.poll_records(block_ms=0, count=100_000):
-                            for m, o in rec["outputs"].items():
-                                origins[m][o["origin"]] += 1
-                                if o["origin"] == "executed":
-                                    model_ms[m].append(o.get("ms", 0.0))
-                            if sink:
-                                sink.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                            if show == "json":
-                                print(json.dumps(rec, separators=(",", ":")))
-                            elif show == "compact":
-                                print(_compact(rec))
-                            if bar is not None:
-                                bar.update(1)
-                        break
-    finally:
-        sup.stop()
-        if bar is not None:
-            bar.close()
-        if sink:
-            sink.close()
-    wall = time.monotonic() - t0
-    errors = {c: p.error for c, p in coll.progress.items() if p.error}
-    per_cam = {c: coll.progress[c].records for c in cams}
-    dups = sum(p.duplicates for p in coll.progress.values())
-    print(_summary(per_cam, model_ms, origins, wall, errors, dups), file=sys.stderr)
-    if out:
-        print(f"records written to {out}", file=sys.stderr)
-    if stop.flag:
-        print("mlink: stopped by user", file=sys.stderr)
-        return 130 if not stop_when_done else 0
-    return 1 if errors else 0
-
-
-# ----------------------------------------------------------------- commands
-def apply_policy_args(cfg: Any, policy: str | None, budget: str | None) -> None:
-    """--policy/--budget override the config's scheduler section (validated the same way)."""
-    from pydantic import ValidationError
-
-    from pipeline.config import SchedulerConfig, _first_error
-
-    if policy is None and budget is None:
-        return
-    d = cfg.scheduler.model_dump()
-    if policy is not None:
-        d["policy"] = policy
-    if budget is not None:
-        d["budget"] = budget
-    try:
-        cfg.scheduler = SchedulerConfig(**d)
-    except ValidationError as exc:
-        raise UserError(f"--policy/--budget: {_first_error(exc)}") from None
-
-
-def cmd_run(a: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-
-    cfg = load_config(a.config)
-    apply_policy_args(cfg, a.policy, a.budget)
-    _check_sources(cfg)
-    with _Redis(a.redis) as url:
-        show = "json" if a.json else ("quiet" if a.quiet else "compact")
-        return _pipeline_session(cfg, url, fresh=False, workers=a.workers, batch=None, policy=None, out=a.out,
-                                 show=show, progress_total=None, stop_when_done=True, metrics_port=a.metrics_port)
-
-
-def cmd_replay(a: argparse.Namespace) -> int:
-    from pipeline.config import load_config, replay_config_from
-    from pipeline.video import probe_frame_count
-
-    base = load_config(a.config) if a.config else None
-    cfg = replay_config_from(a.videos, base, fps=a.fps)
-    apply_policy_args(cfg, a.policy, a.budget)
-    _check_sources(cfg)
-    total = 0
-    for cam in cfg.cameras.values():
-        for f in cam.files(cfg.base_dir):
-            n = probe_frame_count(f, fps=cam.fps)
-            total += n or 0
-    with _Redis(a.redis) as url:
-        return _pipeline_session(cfg, url, fresh=True, workers=a.workers, batch=a.batch, policy=None, out=a.out,
-                                 show="json" if a.print else "progress", progress_total=total or None, stop_when_done=True)
-
-
-def _check_sources(cfg: Any) -> None:
+def _check_sources(cfg: Config) -> None:
     """Start-up checks: every file exists, is non-empty and opens as video."""
     from pipeline.video import open_source
 
@@ -263,19 +81,85 @@ def _check_sources(cfg: Any) -> None:
                 raise UserError(f"camera {cam.name}: {exc}") from None
 
 
+def _finish(res: Any, summary: Any, out: Path | None, jsonl: Any) -> int:
+    """What a run/replay prints at the end, and its exit code.
+
+    A session that produced no record and failed says only its error (already
+    printed): no summary, no "records written", nothing that looks like success.
+    """
+    if res.total == 0 and not res.ok:
+        return ExitCode.USER_ERROR
+    print(summary.text(res), file=sys.stderr)
+    if out is not None and jsonl is not None and jsonl.written:
+        print(f"records written to {out}", file=sys.stderr)
+    if res.interrupted:
+        print("mlink: stopped by user", file=sys.stderr)
+        return ExitCode.OK
+    return ExitCode.OK if res.ok else ExitCode.USER_ERROR
+
+
+# ----------------------------------------------------------------- commands
+def cmd_run(a: argparse.Namespace) -> int:
+    from pipeline.app.session import JsonlSink, PrintSink, SessionOptions, SummarySink, run_session
+    from pipeline.config import load_config
+
+    cfg = load_config(a.config)
+    cfg.override_scheduler("--policy/--budget", policy=a.policy, budget=a.budget)
+    _check_sources(cfg)
+    summary, jsonl = SummarySink(), (JsonlSink(a.out) if a.out else None)
+    sinks: list[Any] = [summary]
+    if jsonl is not None:
+        sinks.append(jsonl)
+    if not a.quiet:
+        sinks.append(PrintSink("json" if a.json else "compact"))
+    with _Redis(a.redis) as url:
+        opts = SessionOptions(fresh=False, workers=a.workers, metrics_port=a.metrics_port, show_status=not (a.json or a.quiet))
+        res = run_session(cfg, url, sinks, opts)
+    return _finish(res, summary, a.out, jsonl)
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from pipeline.app.session import JsonlSink, PrintSink, ProgressSink, SessionOptions, SummarySink, run_session
+    from pipeline.config import load_config, replay_config_from
+    from pipeline.video import probe_frame_count
+
+    base = load_config(a.config) if a.config else None
+    cfg = replay_config_from(a.videos, base, fps=a.fps)
+    cfg.override_scheduler("--policy/--budget", policy=a.policy, budget=a.budget)
+    _check_sources(cfg)
+    total = sum(probe_frame_count(f, fps=cam.fps) or 0 for cam in cfg.cameras.values() for f in cam.files(cfg.base_dir))
+    summary, jsonl = SummarySink(), (JsonlSink(a.out) if a.out else None)
+    progress = None if a.print else ProgressSink(total or None, "replay")
+    sinks: list[Any] = [summary, PrintSink("json") if a.print else progress]
+    if jsonl is not None:
+        sinks.append(jsonl)
+    with _Redis(a.redis) as url:
+        opts = SessionOptions(fresh=not a.keep_state, workers=a.workers, batch=a.batch)
+        res = run_session(cfg, url, sinks, opts, say=progress.say if progress else _say)
+    return _finish(res, summary, a.out, jsonl)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def cmd_tail(a: argparse.Namespace) -> int:
     from pipeline.app.collect import ResultCollector
-    from pipeline.keys import CAMERAS_KEY
+    from pipeline.keys import CAMERAS_KEY, results_key
     from pipeline.redis_conn import connect, url_for_reader
 
     r = connect(url_for_reader(a.redis))
+
+    def known() -> bool:
+        return bool(r.sismember(CAMERAS_KEY, a.camera) or r.exists(results_key(a.camera)))
+
     deadline = time.monotonic() + a.wait
     # A camera registers when its decoder starts: give a just-started `run` a moment.
-    while not (r.sismember(CAMERAS_KEY, a.camera) or r.exists(f"results:{{{a.camera}}}")) and time.monotonic() < deadline:
+    while not known() and time.monotonic() < deadline:
         time.sleep(0.2)
-    if not r.sismember(CAMERAS_KEY, a.camera) and not r.exists(f"results:{{{a.camera}}}"):
-        known = sorted(x.decode() for x in r.smembers(CAMERAS_KEY))
-        raise UserError(f"camera {a.camera}: unknown (known cameras: {', '.join(known) or 'none'})")
+    if not known():
+        cams = sorted(x.decode() for x in r.smembers(CAMERAS_KEY))
+        raise UserError(f"camera {a.camera}: unknown (known cameras: {', '.join(cams) or 'none'})")
     coll = ResultCollector(r, [a.camera], from_start=a.from_start)
     stop = _Interrupt()
     n = 0
@@ -285,62 +169,48 @@ def cmd_tail(a: argparse.Namespace) -> int:
                 print(json.dumps(rec, separators=(",", ":")), flush=True)
                 n += 1
                 if a.count and n >= a.count:
-                    return 0
+                    return ExitCode.OK
     except BrokenPipeError:
         pass
-    return 0
+    return ExitCode.OK
 
 
 def cmd_models(a: argparse.Namespace) -> int:
     from pipeline.config import default_sample, load_config, replay_config
     from pipeline.costs import measure_all
-    from pipeline.video import iter_frames
+    from pipeline.video import sample_images
     from pipeline.zoo import build_models, current_device
 
-    if a.config:
-        cfg = load_config(a.config)
-    else:
-        cfg = replay_config([a.video or default_sample()])
+    cfg = load_config(a.config) if a.config else replay_config([a.video or default_sample()])
     specs = {s.name: s for s in cfg.all_model_specs()}
-    models = build_models(specs.values())
+    models = build_models(list(specs.values()))
     cam = next(iter(cfg.cameras.values()))
     src = a.video or (cam.files(cfg.base_dir) or [default_sample()])[0]
-    frames = []
-    for vf in iter_frames(src, resize=cam.resize):
-        if vf.index % 5 == 0:
-            frames.append(vf.image)
-        if len(frames) >= a.frames:
-            break
+    frames = sample_images(src, a.frames, resize=cam.resize)
+    if not frames:
+        raise UserError(f"{src}: no decodable frames to measure on")
     costs = measure_all(models, specs, frames, remeasure=a.remeasure, progress=True)
     print(f"device: {current_device()}; frame {frames[0].shape[1]}x{frames[0].shape[0]} from {src}")
     print(f"{'model':18s} {'adapter':16s} {'kind':11s} {'ms/frame':>9s} {'mem MB':>7s} {'gpu MB':>7s}  classes")
     for n, m in models.items():
         c = costs[n]
-        cls = ",".join(m.classes)
-        print(f"{n:18s} {type(m).__name__:16s} {m.kind.value:11s} {c.ms:9.1f} {c.mem_mb:7.1f} {c.gpu_mb:7.1f}  {cls[:40]}")
+        print(f"{n:18s} {type(m).__name__:16s} {m.kind.value:11s} {c.ms:9.1f} {c.mem_mb:7.1f} {c.gpu_mb:7.1f}  {','.join(m.classes)[:40]}")
     print(f"{'all models':18s} {'':16s} {'':11s} {sum(c.ms for c in costs.values()):9.1f}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from pipeline.keys import (
-        CAMERAS_KEY,
-        camera_key,
-        frames_key,
-        results_key,
-        status_key,
-    )
+    from pipeline.keys import CAMERAS_KEY, camera_key, frames_key, results_key, status_key
+    from pipeline.metrics import RedisMetricsCollector
     from pipeline.redis_conn import connect, url_for_reader
 
     r = connect(url_for_reader(a.redis))
     cams = sorted(x.decode() for x in r.smembers(CAMERAS_KEY))
     if not cams:
         print("no cameras registered")
-        return 0
-    from pipeline.metrics import RedisMetricsCollector
-
+        return ExitCode.OK
     snap = RedisMetricsCollector(r).snapshot()
-    print(f"{'camera':24s} {'state':12s} {'frames':>7s} {'records':>8s} {'queued':>7s} {'lag s':>6s} {'dropped':>7s} {'reconn':>6s}  last event")
+    print(f"{'camera':24s} {'state':12s} {'frames':>7s} {'records':>8s} {'queued':>7s} {'lag s':>6s} {'dropped':>7s} {'skipped':>7s} {'reconn':>6s}  last event")
     for c in cams:
         m = snap.get(c, {})
         last = r.xrevrange(status_key(c), count=1)
@@ -349,32 +219,38 @@ def cmd_status(a: argparse.Namespace) -> int:
         age = time.time() - ev.get("time", time.time())
         reason = f" {ev.get('reason')}" if ev.get("reason") else ""
         print(f"{c:24s} {ev.get('event', '-'):12s} {int(info.get(b'next_frame', 0)):7d} {r.xlen(results_key(c)):8d} {r.xlen(frames_key(c)):7d} "
-              f"{m.get('lag_s', 0.0):6.1f} {m.get('dropped', 0):7d} {m.get('reconnects', 0):6d}  {age:.0f}s ago{reason}")
-    return 0
+              f"{m.get('lag_s', 0.0):6.1f} {m.get('dropped', 0):7d} {m.get('skipped', 0):7d} {m.get('reconnects', 0):6d}  {age:.0f}s ago{reason}")
+    return ExitCode.OK
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
+    from pipeline.config import SchedulerConfig, load_config
+    from pipeline.costs import measure_config_costs
+    from pipeline.metrics import serve_metrics
     from pipeline.redis_conn import connect, redact
-    from stages.scheduler import Worker, make_frame_policy
+    from stages.policy_runtime import make_frame_policy
+    from stages.scheduler import Worker
 
+    cfg = load_config(a.config) if a.config else Config(cameras={}, scheduler=SchedulerConfig())
+    cfg.override_scheduler("--policy/--budget", policy=a.policy, budget=a.budget)
     r = connect(a.redis)
+    policy = make_frame_policy(cfg.scheduler.runtime_options(), r)  # a bad policy or budget fails here, once
+    if a.config and cfg.scheduler.policy != "all":
+        measure_config_costs(cfg, r, check_budget=True)  # what a budget is measured against, for every worker
     stop = _Interrupt()
     print(f"mlink: worker serving registered cameras on {redact(a.redis)} (Ctrl-C stops)", file=sys.stderr)
     if a.metrics_port is not None:
-        from pipeline.metrics import serve_metrics
-
         server, _ = serve_metrics(r, a.metrics_port)
         print(f"mlink: metrics on http://127.0.0.1:{server.server_port}/metrics", file=sys.stderr)
-    stats = Worker(r, make_frame_policy(a.policy, r), batch=a.batch, claim_idle_ms=a.claim_idle_ms,
-                   should_stop=lambda: stop.flag).run()
-    print(f"worker: {stats.frames} frames, {stats.reclaimed} reclaimed, {stats.bad_frames} bad", file=sys.stderr)
-    return 0
+    stats = Worker(r, policy, batch=a.batch or cfg.scheduler.batch, claim_idle_ms=a.claim_idle_ms, should_stop=lambda: stop.flag).run()
+    print(f"worker: {stats.frames} frames, {stats.reclaimed} reclaimed, {stats.skipped} skipped, {stats.bad_frames} bad", file=sys.stderr)
+    return ExitCode.OK
 
 
 def cmd_decoder(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.redis_conn import connect
-    from stages.decoder import EXIT_FAILED, Decoder
+    from stages.decoder import Decoder
 
     cfg = load_config(a.config)
     if a.camera not in cfg.cameras:
@@ -382,19 +258,26 @@ def cmd_decoder(a: argparse.Namespace) -> int:
     r = connect(a.redis)
     stop = _Interrupt()
     code = Decoder(cfg.cameras[a.camera], r, lambda: stop.flag, cfg.base_dir).run()
-    return 1 if code == EXIT_FAILED else 0
+    if code == ExitCode.FAILED:
+        # The decoder's status event holds the reason; say it here too, as one line.
+        from pipeline.keys import status_key
+
+        last = r.xrevrange(status_key(a.camera), count=1)
+        reason = json.loads(last[0][1][b"json"]).get("reason", "failed") if last else "failed"
+        raise UserError(reason if str(reason).startswith(f"camera {a.camera}:") else f"camera {a.camera}: {reason}")
+    return ExitCode.OK
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    from links.budget import parse_budget
+    from links.policies import POLICIES
     from pipeline.app.bench import format_table, run_bench
     from pipeline.config import load_config
+    from pipeline.video import open_source
 
     base = load_config(a.config) if a.config else None
     budgets = [b.strip() for b in a.budgets.split(",") if b.strip()]
     policies = [p.strip() for p in a.policies.split(",") if p.strip()]
-    from links.budget import parse_budget
-    from links.policies import POLICIES
-
     for p in policies:
         if p not in POLICIES:
             raise UserError(f"--policies: unknown policy {p!r} (available: {', '.join(POLICIES)})")
@@ -404,17 +287,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(f"--budgets: {exc}") from None
     for v in a.videos:
-        from pipeline.video import open_source
-
         open_source(v).close()
     res = run_bench(a.videos, budgets, policies, a.out, config=base, redis_url=a.redis, train_frac=a.train_frac, period_frames=a.period)
     print(format_table(res))
     print(f"\nwritten: {a.out}/bench.md, bench.json and PNG plots")
-    return 0
+    return ExitCode.OK
 
 
 # --------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.app import cli_links
+
     p = argparse.ArgumentParser(prog="mlink", description="Video analytics with model links: decoders -> Redis Streams -> budgeted scheduler -> records.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -422,12 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     s.add_argument("--redis", help="redis URL (default: an embedded private server)")
     s.add_argument("--workers", type=int, help="scheduler worker processes (default: config)")
-    s.add_argument("--policy", help="scheduling policy: all, standalone, prior, hold-last, reducto, mlink, ours (default: config)")
-    s.add_argument("--budget", help="33%% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models")
+    s.add_argument("--policy", help=POLICY_HELP + " (default: config)")
+    s.add_argument("--budget", help=BUDGET_HELP)
     s.add_argument("--out", type=Path, help="also write records to this JSONL file")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="print full JSON records instead of compact lines")
-    g.add_argument("--quiet", action="store_true", help="print only status and the summary")
+    g.add_argument("--quiet", action="store_true", help="print only errors and the summary")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT")
     s.set_defaults(func=cmd_run)
 
@@ -438,9 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis", help="redis URL (default: an embedded private server)")
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--batch", type=int)
-    s.add_argument("--policy", help="scheduling policy: all, standalone, prior, hold-last, reducto, mlink, ours")
-    s.add_argument("--budget", help="33%% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models")
+    s.add_argument("--policy", help=POLICY_HELP)
+    s.add_argument("--budget", help=BUDGET_HELP)
     s.add_argument("--fps", type=float, help="sample to this rate (default: every frame)")
+    s.add_argument("--keep-state", action="store_true",
+                   help="keep what Redis holds for these cameras (links, counters, frame numbers) instead of starting clean")
     s.add_argument("--print", action="store_true", help="print records as JSON lines instead of a progress bar")
     s.set_defaults(func=cmd_replay)
 
@@ -463,10 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis")
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("worker", help="run only scheduler workers (for other hosts)")
+    s = sub.add_parser("worker", help="run only a scheduler worker (for other hosts)")
     s.add_argument("--redis", required=True)
-    s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--policy", default="all")
+    s.add_argument("--config", help="take the scheduler section (policy, budget, periods) from this cameras.yaml, and measure its models' costs")
+    s.add_argument("--batch", type=int, help="frames per read (default: config, 8)")
+    s.add_argument("--policy", help=POLICY_HELP + " (default: config, all)")
+    s.add_argument("--budget", help=BUDGET_HELP)
     s.add_argument("--claim-idle-ms", type=int, default=10_000, help="reclaim frames a dead worker left pending this long")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT (all cameras, from Redis)")
     s.set_defaults(func=cmd_worker)
@@ -488,26 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--period", type=int, default=200, help="frames per adaptation period")
     s.set_defaults(func=cmd_bench)
 
-    try:
-        from pipeline.app import cli_links
-
-        cli_links.add_parsers(sub)
-    except ImportError:
-        pass
+    cli_links.add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+    quiet_third_party()
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
+        return int(args.func(args))
+    except (UserError, LinksError) as exc:
         print(f"mlink: error: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.USER_ERROR
     except KeyboardInterrupt:
         print("mlink: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

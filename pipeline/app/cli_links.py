@@ -1,13 +1,13 @@
 """``mlink profile`` and ``mlink links train|report``: the CLI around the link library.
 
-Handlers raise :class:`pipeline.errors.UserError` for bad input; ``pipeline.app.cli``
-prints it as one line and exits 1.
+Handlers raise :class:`pipeline.errors.UserError` (or the link library's
+:class:`links.errors.LinksError`) for bad input; :func:`pipeline.app.cli.main` prints
+it as one line and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -114,20 +114,3 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m pipeline.app.cli_links``), for testing without pipeline.app.cli."""
-    ap = argparse.ArgumentParser(prog="mlink")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    add_parsers(sub)
-    args = ap.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from pipeline.keys import results_key, status_key
+from pipeline.redis_conn import is_cluster
 
 
 class SeenSet:
@@ -40,6 +41,7 @@ class CameraProgress:
     ended: bool = False  # eos, error or failed seen
     expected: int | None = None  # frames the decoder sent (known at eos)
     error: str | None = None
+    failed_by_worker: bool = False  # a worker gave up on the camera: its unread frames stay unread
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -65,8 +67,6 @@ class ResultCollector:
 
     def _xread(self, ids: dict[str, str], count: int, block_ms: int) -> list[Any]:
         """XREAD over several cameras; on Redis Cluster one key per command (no CROSSSLOT)."""
-        from pipeline.redis_conn import is_cluster
-
         if not is_cluster(self.r) or len(ids) <= 1:
             return self.r.xread(ids, count=count, block=block_ms or None) or []
         out: list[Any] = []
@@ -116,8 +116,9 @@ class ResultCollector:
                         p.expected = int(ev["frames"]) - int(ev.get("first_frame", 0)) - int(ev.get("dropped", 0))
                     if ev["event"] in ("error", "failed"):
                         p.error = ev.get("reason")
-                    if ev["event"] != "error" or ev.get("worker") is None:
-                        p.ended = True
+                    if ev["event"] == "failed" and ev.get("worker") is not None:
+                        p.failed_by_worker = True
+                    p.ended = True
                 out.append(ev)
         return out
 

@@ -1,11 +1,13 @@
 """The supervisor: starts and watches stage processes, restarts the dead ones.
 
 One decoder process per camera and N scheduler workers, each a ``spawn``ed
-multiprocessing child (no inherited locks, torch threads or sockets). A child
-that exits with :data:`stages.decoder.EXIT_FAILED` failed permanently (bad file)
-and stays down; any other unexpected exit is restarted with exponential
-backoff (0.5 s doubling to ``backoff_max_s``; the backoff resets once a child
-has run for ``stable_after_s``). Children die with the supervisor
+multiprocessing child (no inherited locks, torch threads or sockets). How a child
+exits decides what happens next (:mod:`pipeline.exitcodes`): ``OK`` is finished (a
+file camera ended), ``FAILED`` is a permanent problem with the user's input (bad
+file, bad model spec, unknown policy): its one-line error was printed once and it
+stays down; anything else (a crash, Redis away) is restarted with exponential
+backoff (0.5 s doubling to ``backoff_max_s``; the backoff resets once a child has
+run for ``stable_after_s``). Time comes from an injected clock. Children die with the supervisor
 (PR_SET_PDEATHSIG), so even a SIGKILLed supervisor leaves no orphans behind.
 
 Metrics: :meth:`Supervisor.serve_metrics` exposes ``/metrics`` (see
@@ -19,14 +21,21 @@ from __future__ import annotations
 import ctypes
 import multiprocessing as mp
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from links.errors import LinksError
 from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.exitcodes import ExitCode, should_restart
+from pipeline.metrics import serve_metrics
+from pipeline.redis_conn import REDIS_DOWN, RedisUnavailable, connect, first_line
+from stages.decoder import decoder_main
+from stages.scheduler import worker_main
 
 _CTX = mp.get_context("spawn")
-EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL: restart me later
 
 
 def _die_with_parent() -> None:
@@ -38,30 +47,22 @@ def _die_with_parent() -> None:
 
 
 def _child(target: Callable[..., int], args: tuple[Any, ...]) -> None:
+    """A stage process: run ``target`` and turn how it ended into an exit code."""
     _die_with_parent()
-    import sys
-
-    import redis
-
-    from pipeline.errors import UserError
-    from pipeline.redis_conn import RedisUnavailable
-
     try:
-        code = target(*args)
+        code = int(target(*args))
     except RedisUnavailable as exc:
-        # Not a bad input: Redis is restarting or unreachable. Exit with a
-        # temporary-failure code so that the child is restarted with backoff.
+        # Not a bad input: Redis is restarting or unreachable. Restart later.
         print(f"mlink: {exc}; will retry", file=sys.stderr)
-        code = EXIT_TEMPFAIL
-    except (ConnectionError, OSError, redis.ConnectionError, redis.TimeoutError) as exc:
-        # redis.ConnectionError mid-run (Redis restarted under us): one line, then restart.
-        print(f"mlink: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; will retry", file=sys.stderr)
-        code = EXIT_TEMPFAIL
-    except UserError as exc:
+        code = ExitCode.TEMPFAIL
+    except REDIS_DOWN as exc:
+        print(f"mlink: {first_line(exc)}; will retry", file=sys.stderr)
+        code = ExitCode.TEMPFAIL
+    except (UserError, LinksError) as exc:
         print(f"mlink: error: {exc}", file=sys.stderr)
-        code = 2
+        code = ExitCode.FAILED
     except KeyboardInterrupt:
-        code = 0
+        code = ExitCode.OK
     sys.exit(code)
 
 
@@ -75,21 +76,35 @@ class Child:
     failures: int = 0  # consecutive quick deaths (drives the backoff)
     started_at: float = 0.0
     next_start: float = 0.0
-    finished: bool = False  # exited 0 (eos) or permanently failed
+    finished: bool = False  # exited OK (eos) or FAILED: stays down
     exitcode: int | None = None
     history: list[int] = field(default_factory=list)
+
+    @property
+    def is_worker(self) -> bool:
+        return self.name.startswith("worker:")
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.name.startswith("decoder:")
+
+
+@dataclass
+class ChildEvent:
+    """Something the supervisor did or saw, for the user."""
+
+    text: str
+    failed: bool = False  # a child stopped for good with an error
 
 
 class Supervisor:
     def __init__(self, cfg: Config, redis_url: str, *, workers: int | None = None, batch: int | None = None,
                  policy: str | None = None, claim_idle_ms: int = 10_000, backoff_max_s: float = 30.0,
-                 stable_after_s: float = 60.0) -> None:
-        from stages.decoder import decoder_main
-        from stages.scheduler import worker_main
-
+                 stable_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.redis_url = cfg, redis_url
         self.backoff_max_s = backoff_max_s
         self.stable_after_s = stable_after_s
+        self.clock = clock
         self.metrics_server: Any = None
         base = str(cfg.base_dir) if cfg.base_dir else None
         self.children: list[Child] = []
@@ -97,7 +112,7 @@ class Supervisor:
             self.children.append(Child(f"decoder:{cam.name}", decoder_main, (cam.model_dump_json(), redis_url, base)))
         n = workers or cfg.scheduler.workers
         for i in range(n):
-            self.children.append(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.policy, claim_idle_ms)))
+            self.children.append(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.runtime_options(), claim_idle_ms)))
 
     def start(self) -> "Supervisor":
         for c in self.children:
@@ -107,7 +122,7 @@ class Supervisor:
     def _spawn(self, c: Child) -> None:
         c.proc = _CTX.Process(target=_child, args=(c.target, c.args), name=c.name, daemon=False)
         c.proc.start()
-        c.started_at = time.monotonic()
+        c.started_at = self.clock()
 
     def pids(self, prefix: str = "") -> list[int]:
         """PIDs of the running children whose name starts with ``prefix``."""
@@ -115,19 +130,14 @@ class Supervisor:
 
     def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
         """Start ``/metrics`` in a thread of this process; returns the bound port."""
-        from pipeline.metrics import serve_metrics
-        from pipeline.redis_conn import connect
-
         server, _ = serve_metrics(connect(self.redis_url), port, host=host, supervisor=self)
         self.metrics_server = server
         return int(server.server_port)
 
-    def poll(self) -> list[str]:
-        """Restart dead children when due; returns human-readable events."""
+    def poll(self) -> list[ChildEvent]:
+        """Notice exited children, restart the ones due; returns what happened."""
         events = []
-        now = time.monotonic()
-        from stages.decoder import EXIT_FAILED
-
+        now = self.clock()
         for c in self.children:
             if c.finished:
                 continue
@@ -138,22 +148,30 @@ class Supervisor:
                 c.history.append(code)
                 c.exitcode = code
                 c.proc = None
-                if c.name.startswith("decoder:") and code in (0, EXIT_FAILED):
+                if not should_restart(code):
                     c.finished = True
+                    if code == ExitCode.FAILED and c.is_worker:
+                        # Its one-line error is on stderr already; restarting would only repeat it.
+                        events.append(ChildEvent(f"{c.name} stopped: it hit an error that a restart would repeat", failed=True))
                     continue
                 if now - c.started_at >= self.stable_after_s:
                     c.failures = 0  # it ran fine for a while: restart quickly
                 delay = min(self.backoff_max_s, 0.5 * 2**c.failures)
                 c.failures += 1
                 c.next_start = now + delay
-                events.append(f"{c.name} exited with code {code}; restarting in {delay:.1f}s")
+                events.append(ChildEvent(f"{c.name} exited with code {code}; restarting in {delay:.1f}s"))
             if c.proc is None and now >= c.next_start:
                 c.restarts += 1
                 self._spawn(c)
         return events
 
     def decoders_done(self) -> bool:
-        return all(c.finished for c in self.children if c.name.startswith("decoder:"))
+        return all(c.finished for c in self.children if c.is_decoder)
+
+    def workers_gone(self) -> bool:
+        """Every worker stopped for good (e.g. they all hit the same user error)."""
+        workers = [c for c in self.children if c.is_worker]
+        return bool(workers) and all(c.finished for c in workers)
 
     def restarts(self) -> int:
         return sum(c.restarts for c in self.children)
