@@ -14,6 +14,18 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+def backoff_delay(attempt: int, initial: float, maximum: float, factor: float, jitter: float, u: float) -> float:
+    """Delay before retry number ``attempt`` (>= 1): ``min(maximum, initial * factor**(attempt-1))``
+    shortened by ``jitter * u`` of itself, ``u`` a uniform draw in [0, 1)."""
+    if attempt < 1:
+        raise ValueError("attempt numbers start at 1")
+    try:
+        nominal = initial * factor ** (attempt - 1)
+    except OverflowError:  # e.g. attempt 5000 of an endless reconnect loop
+        nominal = maximum
+    return min(nominal, maximum) * (1.0 - jitter * u)
+
+
 @dataclass
 class Backoff:
     initial: float = 0.1
@@ -32,9 +44,8 @@ class Backoff:
             raise ValueError("backoff: jitter must be in [0, 1)")
 
     def next_delay(self) -> float:
-        nominal = min(self.maximum, self.initial * self.factor**self.attempt)
         self.attempt += 1
-        return nominal * (1.0 - self.jitter * self.rng.random())
+        return backoff_delay(self.attempt, self.initial, self.maximum, self.factor, self.jitter, self.rng.random())
 
     def wait(self, sleep: Callable[[float], None] = time.sleep) -> float:
         d = self.next_delay()

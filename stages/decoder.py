@@ -23,6 +23,7 @@ from typing import Callable
 
 import redis
 
+from pipeline.backoff import Backoff
 from pipeline.config import CameraConfig, Mode
 from pipeline.errors import UserError
 from pipeline.exitcodes import ExitCode
@@ -45,9 +46,9 @@ class _GivenUp(Exception):
 
 class Decoder:
     def __init__(self, cam: CameraConfig, r: redis.Redis, should_stop: Callable[[], bool] = lambda: False, base_dir: Path | None = None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.cam, self.r, self.should_stop, self.base_dir = cam, r, should_stop, base_dir
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep
         self.fkey, self.skey = frames_key(cam.name), status_key(cam.name)
         self.sent = 0
         self.dropped = 0
@@ -137,15 +138,14 @@ class Decoder:
         if self._room > 0:
             self._room -= 1
             return
-        backoff = 0.002
+        wait = Backoff(initial=0.002, maximum=0.05, jitter=0.0)
         while not self.should_stop():
             pending = int(self.r.xlen(self.fkey))
             if pending < self.cam.window:
                 self._room = self.cam.window - pending - 1
                 return
             self._check_given_up()
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 0.05)
+            wait.wait(self.sleep)
 
     def _source_label(self) -> str:
         return source_label(self.cam.source) if isinstance(self.cam.source, str) else f"{len(self.cam.source)} files"

@@ -1,8 +1,8 @@
 """The decoder's source loop: frames from files or RTSP, guarded by the watchdog.
 
 :class:`LiveSource` wraps :func:`pipeline.video.iter_frames` with the pure
-state machine :class:`pipeline.watchdog.Watchdog` and a
-:class:`pipeline.watchdog.PtsUnwrapper`, and yields :class:`SourceFrame`s.
+state machine :class:`stages.watchdog.Watchdog` and a
+:class:`stages.watchdog.PtsUnwrapper`, and yields :class:`SourceFrame`s.
 The decoder only sends what it gets; everything about connections lives here.
 
 RTSP (and any live URL):
@@ -56,9 +56,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pipeline.backoff import Backoff
 from pipeline.errors import UserError
+from pipeline.redis_conn import REDIS_DOWN
 from pipeline.video import iter_frames, source_label
-from pipeline.watchdog import (
+from stages.watchdog import (
     PtsUnwrapper,
     SourceState,
     Transition,
@@ -370,26 +372,23 @@ class RedisGuard:
     """
 
     def __init__(self, live: bool, on_restore: Callable[[int, float], None] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic) -> None:
-        import redis
-
+                 should_stop: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> None:
         self.live = live
         self.on_restore = on_restore or (lambda n, s: None)
         self.should_stop = should_stop
-        self.clock = clock
-        self.errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError,
-                                                         redis.exceptions.BusyLoadingError, redis.exceptions.ClusterDownError)
+        self.clock, self.sleep = clock, sleep
+        self.backoff = Backoff(initial=0.05, maximum=1.0, rng=rng or random.Random())
         self.down_since: float | None = None
         self.dropped = 0  # over the lifetime
         self._dropped_now = 0  # in the current outage
         self.outages = 0
 
     def send(self, fn: Callable[[], Any]) -> bool:
-        delay = 0.05
         while True:
             try:
                 fn()
-            except self.errors:
+            except REDIS_DOWN:
                 if self.down_since is None:
                     self.down_since = self.clock()
                     self.outages += 1
@@ -399,9 +398,9 @@ class RedisGuard:
                     return False
                 if self.should_stop():
                     return False
-                time.sleep(delay * (1 - 0.3 * random.random()))
-                delay = min(1.0, delay * 2)
+                self.backoff.wait(self.sleep)
                 continue
+            self.backoff.reset()
             if self.down_since is not None:
                 down_s, n = self.clock() - self.down_since, self._dropped_now
                 self.down_since, self._dropped_now = None, 0

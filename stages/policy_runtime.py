@@ -12,6 +12,8 @@ per-frame :class:`stages.scheduler.FramePolicy` protocol. Per camera:
 3. Budgeted: per frame, the plan (or the Reducto gate) says which models run;
    the others are filled by the plan's fill rule (links + the target's own
    last output, held value, prior, or missing).
+   A worker that finds links (and a plan made by the same policy and budget) in
+   ``links:{cam}`` — another worker's, or an earlier session's — starts here at once.
 4. Every ``period_frames`` frames a small fraction of frames runs all models;
    at the end of the period the links are scored and fine-tuned on those fresh
    samples (uncertain frames first) and the plan is re-made.
@@ -135,7 +137,7 @@ class RuntimePolicy:
             st.diffs.append(0.0 if st.prev_thumb is None else frame_difference(th, st.prev_thumb))
             st.prev_thumb = th
         if st.phase is Phase.COLD_START:
-            self._maybe_load_shared(camera, st)
+            self._maybe_load_shared(camera, st, frame.frame)
             if st.phase is Phase.COLD_START:
                 return set(models)
         assert st.plan is not None and st.reselector is not None
@@ -287,19 +289,24 @@ class RuntimePolicy:
             return
         version = int(self.r.hincrby(links_key(camera), "version", 1))
         st.link_version = version
-        self.r.hset(links_key(camera), mapping={"blob": st.linkset.to_bytes(), "plan": json.dumps(st.plan.to_dict() if st.plan else None), "time": time.time()})
+        self.r.hset(links_key(camera), mapping={"blob": st.linkset.to_bytes(), "plan": json.dumps(st.plan.to_dict() if st.plan else None),
+                                                "policy": self.name, "budget": self.opts.budget or "", "time": time.time()})
 
-    def _maybe_load_shared(self, camera: str, st: CamState) -> None:
-        """Links (and plan) trained by another worker, or seeded by ``mlink bench``."""
+    def _maybe_load_shared(self, camera: str, st: CamState, frame_index: int) -> None:
+        """Links (and plan) trained by another worker or an earlier session, or seeded by ``mlink bench``.
+
+        A stored plan is adopted only when it was made by this policy for this budget;
+        otherwise the links are kept and the cold start goes on to plan anew.
+        """
         if self.r is None:
             return
-        info = self.r.hmget(links_key(camera), "version", "blob")
-        if not info[0] or not info[1] or int(info[0]) <= st.link_version:
+        version, blob, plan_raw, policy, budget = self.r.hmget(links_key(camera), "version", "blob", "plan", "policy", "budget")
+        if not version or not blob or int(version) <= st.link_version:
             return
-        ls = LinkSet.from_bytes(info[1], where=f"links of camera {camera}")
+        ls = LinkSet.from_bytes(blob, where=f"links of camera {camera}")
         ls.check_models([self.metas[m] for m in st.models], where=f"links of camera {camera}")
         st.linkset = ls
-        st.link_version = int(info[0])
+        st.link_version = int(version)
         seed, seed_diffs = self.r.hmget(links_key(camera), "seed_samples", "seed_diffs")
         if seed:
             samples = AlignedSamples.from_bytes(seed)
@@ -307,6 +314,15 @@ class RuntimePolicy:
             if seed_diffs:
                 st.diffs = list(json.loads(seed_diffs)) + current
             self._plan(camera, st, samples, -1, reducto_clip=samples)
+            st.phase = Phase.BUDGETED
+            return
+        plan = json.loads(plan_raw) if plan_raw else None
+        same = policy is not None and policy.decode() == self.name and (budget or b"").decode() == (self.opts.budget or "")
+        if plan and same and set(plan.get("rates", {})) == set(st.models):
+            st.plan = Plan.from_dict(plan)
+            st.reselector = Reselector(self.opts.period_frames, origin=frame_index)
+            st.gate = ReductoGate(st.plan.thresholds) if st.plan.fill == "reducto" else None
+            st.samples = None
             st.phase = Phase.BUDGETED
 
 

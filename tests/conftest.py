@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 import redis
 import yaml
-
 from redis_private import PrivateRedis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

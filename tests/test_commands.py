@@ -155,3 +155,44 @@ def test_live_camera_faster_than_its_scheduler_keeps_records_fresh(tmp_path: Pat
     assert st.returncode == 0 and "skipped" in st.stdout.splitlines()[0]
     row = next(ln for ln in st.stdout.splitlines() if ln.startswith("lobby"))
     assert int(row.split()[7]) > 0, st.stdout  # the skipped column
+
+
+def test_replay_starts_clean_unless_asked_to_keep_state(tmp_path: Path, redis_url: str, gif23: Path) -> None:
+    """On a shared Redis, a replay forgets what an earlier one left for the camera (frame
+    numbers, links, counters); --keep-state continues from it."""
+    cfg = write_config(tmp_path / "c.yaml", {"defaults": {"models": CHEAP_MODELS, "resize": 160},
+                                             "scheduler": {"policy": "ours", "budget": "40%", "cold_start_frames": 10, "period_frames": 10},
+                                             "cameras": {"x": {"source": "unused"}}})
+    r = redis.Redis.from_url(redis_url)
+
+    def replay(*extra: str) -> list[dict]:
+        out = tmp_path / "r.jsonl"
+        p = run_mlink("replay", gif23, "--config", cfg, "--redis", redis_url, "--out", out, *extra, timeout=180)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        return read_jsonl(out)
+
+    cam = gif23.stem
+    first = replay()
+    v1 = int(r.hget(f"links:{{{cam}}}", "version"))
+    processed1 = int(r.hget(metrics_key(cam), "processed"))
+    second = replay()
+    assert [x["frame"] for x in first] == [x["frame"] for x in second] == list(range(23))
+    assert int(r.hget(f"links:{{{cam}}}", "version")) == v1  # trained again from scratch, not on top
+    assert int(r.hget(metrics_key(cam), "processed")) == processed1 == 23  # counters restarted
+    assert second[0]["policy"]["phase"] == "cold-start"
+    third = replay("--keep-state")
+    assert [x["frame"] for x in third] == list(range(23, 46))  # numbering continues: records stay unique
+    assert third[0]["policy"]["phase"] == "budgeted"  # the links trained before are used at once
+    assert int(r.hget(metrics_key(cam), "processed")) == 46
+
+
+def test_third_party_libraries_stay_quiet_and_out_of_the_users_home(tmp_path: Path, redis_url: str, gif23: Path) -> None:
+    home, mhome = tmp_path / "home", tmp_path / "mlink_home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "MLINK_HOME": str(mhome)}
+    env.pop("YOLO_CONFIG_DIR", None)
+    p = run_mlink("replay", gif23, "--redis", redis_url, env=env, timeout=180)  # the default zoo: YOLO included
+    assert p.returncode == 0, p.stderr
+    assert "Ultralytics" not in p.stderr and "yolo settings" not in p.stderr, p.stderr
+    assert list(home.rglob("*")) == []  # nothing written under the user's home
+    assert (mhome / "ultralytics").is_dir()

@@ -1,51 +1,28 @@
 """The decoder stage on top of stages.live_source, through the supervisor, at run time.
 
-Skipped until ``stages/decoder.py`` reads its source through
-:class:`stages.live_source.LiveSource` (see the wiring in the issue-5 report).
+Real RTSP cameras (``scripts/rtsp_server.py`` serving the test footage) and a private
+redis-server per test; the ``rtsp_deps`` fixture fails them when the GStreamer RTSP
+server cannot run.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from redis_private import PrivateRedis
+from rtsp_fixture import free_port, start_rtsp_server
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from redis_private import PrivateRedis  # noqa: E402
-from rtsp_fixture import free_port, rtsp_available, start_rtsp_server  # noqa: E402
+from pipeline.config import parse_config
+from pipeline.keys import results_key, status_key
 
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.keys import results_key, status_key  # noqa: E402
-
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-CAR = VIDEOS / "intel_car-detection.mp4"
 CHEAP = ["scene_light", "edge_density"]
 
-
-def _wired() -> bool:
-    import stages.decoder as d
-
-    return hasattr(d, "LiveSource")
-
-
-pytestmark = [
-    pytest.mark.rtsp,
-    pytest.mark.skipif(not VIDEOS.is_dir(), reason="sample footage missing"),
-    pytest.mark.skipif(not rtsp_available(install=False), reason="GStreamer RTSP server bindings unavailable"),
-    pytest.mark.skipif(not _wired(), reason="stages/decoder.py does not use stages.live_source yet"),
-]
-
-
-@pytest.fixture
-def priv() -> PrivateRedis:
-    srv = PrivateRedis().start()
-    yield srv
-    srv.close()
+pytestmark = [pytest.mark.rtsp, pytest.mark.usefixtures("rtsp_deps")]
 
 
 def _events(r: redis.Redis, cam: str) -> list[dict]:
@@ -57,11 +34,11 @@ def _events(r: redis.Redis, cam: str) -> list[dict]:
     ("wrong_path", "404"),
     ("wrong_credentials", "401"),
 ])
-def test_bad_rtsp_camera_errors_while_other_continues(priv: PrivateRedis, case: str, needle: str) -> None:
+def test_bad_rtsp_camera_errors_while_other_continues(priv: PrivateRedis, car_mp4: Path, case: str, needle: str) -> None:
     from pipeline.app.supervisor import Supervisor
     from pipeline.registry import prepare_camera
 
-    with start_rtsp_server(CAR) as good, start_rtsp_server(CAR, user="alice", password="s3cr3t") as auth:
+    with start_rtsp_server(car_mp4) as good, start_rtsp_server(car_mp4, user="alice", password="s3cr3t") as auth:
         bad_url = {
             "closed_port": f"rtsp://127.0.0.1:{free_port()}/cam",
             "wrong_path": good.url.replace("/cam", "/nope"),
@@ -107,11 +84,11 @@ def _wait_for_records(sup: Any, r: Any, n: int, within_s: float) -> None:
         time.sleep(0.05)
 
 
-def test_rtsp_restart_through_decoder(priv: PrivateRedis) -> None:
+def test_rtsp_restart_through_decoder(priv: PrivateRedis, car_mp4: Path) -> None:
     from pipeline.app.supervisor import Supervisor
     from pipeline.registry import prepare_camera
 
-    with start_rtsp_server(CAR) as srv:
+    with start_rtsp_server(car_mp4) as srv:
         rtsp = {"open_timeout_s": 3, "read_timeout_s": 2, "stall_after_s": 1, "backoff_initial_s": 0.2, "backoff_max_s": 1}
         cfg = parse_config({"cameras": {"cam": {"source": srv.url, "models": CHEAP, "mode": "live", "resize": 320, "rtsp": rtsp}}})
         r = priv.client()
@@ -142,11 +119,11 @@ def test_rtsp_restart_through_decoder(priv: PrivateRedis) -> None:
     assert all(b > a for a, b in zip(pts, pts[1:]))
 
 
-def test_live_decoder_drops_and_counts_while_redis_is_away(priv: PrivateRedis) -> None:
+def test_live_decoder_drops_and_counts_while_redis_is_away(priv: PrivateRedis, car_mp4: Path) -> None:
     from pipeline.app.supervisor import Supervisor
     from pipeline.registry import prepare_camera
 
-    with start_rtsp_server(CAR) as srv:
+    with start_rtsp_server(car_mp4) as srv:
         cfg = parse_config({"cameras": {"cam": {"source": srv.url, "models": CHEAP, "mode": "live", "resize": 320}}})
         r = priv.client()
         prepare_camera(r, "cam", fresh=True)

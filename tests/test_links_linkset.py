@@ -6,11 +6,11 @@ import time
 import numpy as np
 import pytest
 
+from links.errors import LinksError
 from links.linkset import LinkSet
 from links.metrics import model_accuracy
 from links.outputs import ModelOutput, OutputKind
 from links.samples import AlignedSamples, ModelMeta
-from pipeline.errors import UserError
 
 MODELS = [
     ModelMeta("src", OutputKind.DETECTIONS, ("person",)),
@@ -223,11 +223,11 @@ def test_corrupt_or_mismatched_links(trained, tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "links.npz").write_bytes(b"garbage")
-    with pytest.raises(UserError) as e:
+    with pytest.raises(LinksError) as e:
         LinkSet.load(d)
     assert "\n" not in str(e.value)
     data = ls.to_bytes()
-    with pytest.raises(UserError):
+    with pytest.raises(LinksError):
         LinkSet.from_bytes(data[: len(data) // 3])
     # an array of the wrong shape (weights of another model set)
     import io
@@ -236,11 +236,11 @@ def test_corrupt_or_mismatched_links(trained, tmp_path):
     z["pair/copy/W1"] = z["pair/copy/W1"][:, :2]
     buf = io.BytesIO()
     np.savez(buf, **z)
-    with pytest.raises(UserError, match="pair/copy/W1"):
+    with pytest.raises(LinksError, match="pair/copy/W1"):
         LinkSet.from_bytes(buf.getvalue())
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(LinksError, match="not found"):
         LinkSet.load(tmp_path / "nothing")
-    with pytest.raises(UserError, match="trained for models"):
+    with pytest.raises(LinksError, match="trained for models"):
         ls.check_models(MODELS[:3])
     ls.check_models(MODELS)
 

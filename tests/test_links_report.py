@@ -1,7 +1,6 @@
 """links train + links report on a small real profile (a short GIF, cheap models)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,6 @@ from links.samples import AlignedSamples
 from pipeline.app.cli import main
 from stages.profiler import profile_videos
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-GIF = VIDEOS / "intel_preview_store-aisle-detection.gif"
 CHEAP = ["haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
 
 
@@ -21,20 +18,20 @@ def run(argv):
 
 
 @pytest.fixture(scope="module")
-def real_samples(tmp_path_factory):
-    if not GIF.exists():
-        pytest.skip("sample footage not present")
+def real_samples(tmp_path_factory, store_gif):
+    """All 40 frames of the store-aisle GIF profiled with the cheap models."""
     p = tmp_path_factory.mktemp("prof") / "gif.npz"
-    profile_videos([GIF], model_names=CHEAP, max_frames=60, progress=False, out=p)
+    profile_videos([store_gif], model_names=CHEAP, max_frames=60, progress=False, out=p)
+    assert len(AlignedSamples.load(p)) == 40
     return p
 
 
 def test_train_and_report_on_real_footage(real_samples, tmp_path, capsys):
     out = tmp_path / "links"
     assert run(["links", "train", str(real_samples), "--out", str(out), "--first", "0.5", "--epochs", "15", "--quiet"]) == 0
-    assert "trained 20 links and 5 ensembles on 30 samples" in capsys.readouterr().out
+    assert "trained 20 links and 5 ensembles on 20 samples" in capsys.readouterr().out
     meta = json.loads((out / "links.json").read_text())
-    assert meta["format"] == "mlink-links" and meta["sample_counts"]["train"] == 30
+    assert meta["format"] == "mlink-links" and meta["sample_counts"]["train"] == 20
     assert [m["name"] for m in meta["models"]] == CHEAP
     png, js = tmp_path / "m.png", tmp_path / "rows.json"
     assert run(["links", "report", str(out), "--samples", str(real_samples), "--skip-first", "0.5", "--png", str(png), "--json", str(js)]) == 0
@@ -45,7 +42,7 @@ def test_train_and_report_on_real_footage(real_samples, tmp_path, capsys):
         assert col in text
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
     rows = json.loads(js.read_text())
-    assert len(rows) == 5 and all(r["n"] == 30 for r in rows)
+    assert len(rows) == 5 and all(r["n"] == 20 for r in rows)
     for r in rows:
         for c in ("prior", "hold_last", "best_single", "ensemble", "ens_temporal"):
             assert 0.0 <= r[c] <= 1.0

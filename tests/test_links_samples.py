@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from links.errors import LinksError
 from links.outputs import ModelOutput, OutputKind
 from links.samples import AlignedSamples, ModelMeta
-from pipeline.errors import UserError
 
 MODELS = [
     ModelMeta("det", OutputKind.DETECTIONS, ("person", "car")),
@@ -61,7 +61,7 @@ def test_append_needs_all_models():
 def test_corrupt_file_is_one_line_user_error(tmp_path, content):
     p = tmp_path / "bad.npz"
     p.write_bytes(content)
-    with pytest.raises(UserError) as e:
+    with pytest.raises(LinksError) as e:
         AlignedSamples.load(p)
     assert "\n" not in str(e.value) and str(p) in str(e.value)
 
@@ -69,12 +69,12 @@ def test_corrupt_file_is_one_line_user_error(tmp_path, content):
 def test_wrong_npz_and_truncated(tmp_path):
     p = tmp_path / "other.npz"
     np.savez(p, x=np.zeros(3))
-    with pytest.raises(UserError, match="not an mlink aligned-samples file"):
+    with pytest.raises(LinksError, match="not an mlink aligned-samples file"):
         AlignedSamples.load(p)
     good = make().save(tmp_path / "good.npz")
     data = good.read_bytes()
     (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError):
+    with pytest.raises(LinksError):
         AlignedSamples.load(tmp_path / "trunc.npz")
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(LinksError, match="not found"):
         AlignedSamples.load(tmp_path / "missing.npz")

@@ -19,23 +19,24 @@ import av
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rtsp_fixture import free_port, rtsp_available, start_rtsp_server  # noqa: E402
+from conftest import CAR_MP4, GIF23, GIF35, VIDEOS_DIR
+from rtsp_fixture import free_port, start_rtsp_server
 
 from pipeline.errors import UserError  # noqa: E402
-from pipeline.watchdog import WatchdogConfig  # noqa: E402
 from stages.live_source import LiveSource, SourceFailed  # noqa: E402
+from stages.watchdog import WatchdogConfig  # noqa: E402
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-CAR = VIDEOS / "intel_car-detection.mp4"
-GIF23 = VIDEOS / "intel_preview_people-detection.gif"
-GIF35 = VIDEOS / "intel_preview_face-demographics-walking.gif"
+CAR = VIDEOS_DIR / CAR_MP4
+GIF23 = VIDEOS_DIR / GIF23
+GIF35 = VIDEOS_DIR / GIF35
 
 FAST = WatchdogConfig(stall_after_s=1.0, lost_after_s=2.0, backoff_initial_s=0.2, backoff_max_s=1.0,
                       max_attempts=None, connect_timeout_s=8.0)
 
-pytestmark = pytest.mark.skipif(not VIDEOS.is_dir(), reason="sample footage missing")
-needs_rtsp = pytest.mark.skipif(not rtsp_available(install=False), reason="GStreamer RTSP server bindings unavailable")
+# Every test here reads the footage (the videos_dir fixture fails them, naming what is missing);
+# the RTSP ones also need the GStreamer RTSP server (rtsp_deps fails them when it cannot run).
+pytestmark = pytest.mark.usefixtures("videos_dir")
+needs_rtsp = pytest.mark.usefixtures("rtsp_deps")
 
 
 class Events:

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis_private import PrivateRedis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from redis_private import PrivateRedis  # noqa: E402
-
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.keys import frames_key  # noqa: E402
-from pipeline.metrics import count_status, serve_metrics  # noqa: E402
-from pipeline.streams import FrameMsg, encode_frame  # noqa: E402
-
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-GIF = VIDEOS / "intel_preview_people-detection.gif"
-
-
-@pytest.fixture
-def priv() -> PrivateRedis:
-    srv = PrivateRedis().start()
-    yield srv
-    srv.close()
+from pipeline.config import parse_config
+from pipeline.keys import frames_key
+from pipeline.metrics import count_status, serve_metrics
+from pipeline.streams import FrameMsg, encode_frame
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,11 +26,11 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def test_metrics_endpoint_per_camera(priv: PrivateRedis) -> None:
+def test_metrics_endpoint_per_camera(priv: PrivateRedis, gif23: Path) -> None:
     from pipeline.registry import register_camera
     from stages.scheduler import Worker
 
-    cfg = parse_config({"cameras": {"m1": {"source": str(GIF), "models": ["scene_light", "edge_density"]}}})
+    cfg = parse_config({"cameras": {"m1": {"source": str(gif23), "models": ["scene_light", "edge_density"]}}})
     r = priv.client()
     register_camera(r, cfg.cameras["m1"])
     img = np.full((24, 32, 3), 90, np.uint8)
@@ -82,10 +68,10 @@ def test_metrics_endpoint_per_camera(priv: PrivateRedis) -> None:
         server.shutdown()
 
 
-def test_supervisor_serves_restart_counts(priv: PrivateRedis) -> None:
+def test_supervisor_serves_restart_counts(priv: PrivateRedis, gif23: Path) -> None:
     from pipeline.app.supervisor import Child, Supervisor
 
-    cfg = parse_config({"cameras": {"s1": {"source": str(GIF), "models": ["scene_light"]}}})
+    cfg = parse_config({"cameras": {"s1": {"source": str(gif23), "models": ["scene_light"]}}})
     sup = Supervisor(cfg, priv.url, workers=1, backoff_max_s=0.5)
     sup.children = [Child("worker:0", os._exit, (1,))]
     sup.start()

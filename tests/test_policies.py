@@ -1,5 +1,5 @@
 """Selection policies, plans, the frame schedule, reducto and re-selection
-(links/policies.py)."""
+(links/policies/)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """mlink profile on real footage: aligned outputs, documented .npz, one-line errors."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,24 +8,17 @@ from pipeline.app.cli import main
 from pipeline.errors import UserError
 from stages.profiler import profile_videos
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-GIF = VIDEOS / "intel_preview_store-aisle-detection.gif"
 CHEAP = ["haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
 
-needs_footage = pytest.mark.skipif(not GIF.exists(), reason="sample footage not present")
 
-
-
-
-@needs_footage
-def test_profile_real_gif(tmp_path, capsys):
+def test_profile_real_gif(tmp_path, capsys, store_gif):
     out = tmp_path / "s.npz"
     # Through the console script's own entry point (pipeline.app.cli.main).
-    assert main(["profile", str(GIF), "--models", ",".join(CHEAP), "--every", "2", "--max-frames", "12", "--out", str(out), "--quiet"]) == 0
+    assert main(["profile", str(store_gif), "--models", ",".join(CHEAP), "--every", "2", "--max-frames", "12", "--out", str(out), "--quiet"]) == 0
     s = AlignedSamples.load(out)
     assert len(s) == 12 and s.names == CHEAP
     assert s.frame.tolist() == list(range(0, 24, 2))  # every 2nd decoded frame
-    assert np.all(np.diff(s.pts) > 0) and set(s.camera.tolist()) == {GIF.stem}
+    assert np.all(np.diff(s.pts) > 0) and set(s.camera.tolist()) == {store_gif.stem}
     for name in CHEAP:
         assert len(s.outputs[name]) == 12
     assert 0.0 <= s.outputs["mog2_motion"][5].value <= 1.0 and s.outputs["mog2_motion"][5].grid.shape == (4, 4)

@@ -12,12 +12,12 @@ from conftest import FRAME_COUNTS, TRUNCATED_CAR_FRAMES
 from pipeline.errors import UserError
 from pipeline.video import (
     Sampler,
-    source_label,
     check_file,
     iter_frames,
     open_source,
     probe_frame_count,
     resize_frame,
+    source_label,
 )
 
 

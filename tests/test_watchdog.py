@@ -1,4 +1,4 @@
-"""Unit tests for pipeline.watchdog: the pure decoder connection state machine
+"""Unit tests for stages.watchdog: the pure decoder connection state machine
 and the PTS unwrapper. Time is injected (plain floats), nothing sleeps."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pipeline.watchdog import (
+from stages.watchdog import (
     PtsUnwrapper,
     SourceState,
     Transition,

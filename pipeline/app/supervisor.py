@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from links.errors import LinksError
+from pipeline.backoff import Backoff
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.exitcodes import ExitCode, should_restart
@@ -73,7 +74,7 @@ class Child:
     args: tuple[Any, ...]
     proc: Any = None
     restarts: int = 0
-    failures: int = 0  # consecutive quick deaths (drives the backoff)
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.5, maximum=30.0, jitter=0.0))  # quick deaths in a row
     started_at: float = 0.0
     next_start: float = 0.0
     finished: bool = False  # exited OK (eos) or FAILED: stays down
@@ -109,10 +110,16 @@ class Supervisor:
         base = str(cfg.base_dir) if cfg.base_dir else None
         self.children: list[Child] = []
         for cam in cfg.cameras.values():
-            self.children.append(Child(f"decoder:{cam.name}", decoder_main, (cam.model_dump_json(), redis_url, base)))
+            self.add(Child(f"decoder:{cam.name}", decoder_main, (cam.model_dump_json(), redis_url, base)))
         n = workers or cfg.scheduler.workers
         for i in range(n):
-            self.children.append(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.runtime_options(), claim_idle_ms)))
+            self.add(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.runtime_options(), claim_idle_ms)))
+
+    def add(self, child: Child) -> Child:
+        """Watch one more child (started by :meth:`start`); its backoff is capped at ``backoff_max_s``."""
+        child.backoff.maximum = max(child.backoff.initial, self.backoff_max_s)
+        self.children.append(child)
+        return child
 
     def start(self) -> "Supervisor":
         for c in self.children:
@@ -155,9 +162,8 @@ class Supervisor:
                         events.append(ChildEvent(f"{c.name} stopped: it hit an error that a restart would repeat", failed=True))
                     continue
                 if now - c.started_at >= self.stable_after_s:
-                    c.failures = 0  # it ran fine for a while: restart quickly
-                delay = min(self.backoff_max_s, 0.5 * 2**c.failures)
-                c.failures += 1
+                    c.backoff.reset()  # it ran fine for a while: restart quickly
+                delay = c.backoff.next_delay()
                 c.next_start = now + delay
                 events.append(ChildEvent(f"{c.name} exited with code {code}; restarting in {delay:.1f}s"))
             if c.proc is None and now >= c.next_start:

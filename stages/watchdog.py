@@ -52,6 +52,8 @@ import enum
 import random
 from dataclasses import dataclass
 
+from pipeline.backoff import backoff_delay
+
 __all__ = [
     "PtsUnwrapper",
     "SourceState",
@@ -203,15 +205,10 @@ class Watchdog:
         a random fraction of at most ``jitter`` (see :class:`WatchdogConfig`).
         Draws one number from the rng.
         """
+        c = self.cfg
         if attempt < 1:
             raise ValueError("attempt numbers start at 1")
-        c = self.cfg
-        try:
-            nominal = c.backoff_initial_s * c.backoff_factor ** (attempt - 1)
-        except OverflowError:  # e.g. attempt 5000 with max_attempts=None
-            nominal = c.backoff_max_s
-        nominal = min(nominal, c.backoff_max_s)
-        return nominal * (1.0 - c.jitter * self._rng.random())
+        return backoff_delay(attempt, c.backoff_initial_s, c.backoff_max_s, c.backoff_factor, c.jitter, self._rng.random())
 
     # -- events ------------------------------------------------------------
     def on_connected(self, now: float) -> list[Transition]:
