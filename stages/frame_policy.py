@@ -41,8 +41,8 @@ class FramePolicy(Protocol):
         """Learns each model's kind and classes when the worker adds a camera."""
         ...
 
-    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
-        """Sees every executed output (profiling samples, held values, adaptation)."""
+    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], ms: dict[str, float]) -> None:
+        """Sees every executed output and its measured ms (profiling samples, held values, adaptation, the budget cap)."""
         ...
 
 
@@ -60,7 +60,7 @@ class AllPolicy:
     def describe(self, camera: str) -> dict[str, Any]:
         return {"name": self.name, "budget": None}
 
-    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], ms: dict[str, float]) -> None:
         pass
 
     def bind(self, metas: dict[str, ModelMeta]) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -34,6 +35,7 @@ import numpy as np
 import redis
 
 from links.budget import ModelCost, ResolvedBudget, parse_budget
+from links.governor import Governor
 from links.linkset import LinkSet
 from links.metrics import model_accuracy
 from links.outputs import ModelOutput, Origin
@@ -85,6 +87,9 @@ class Phase(str, Enum):
     BUDGETED = "budgeted"  # the plan decides; links, held or prior values fill the rest
 
 
+DIFF_HISTORY = 4096  # frame differences kept for reducto (bounded: a live camera runs for months)
+
+
 @dataclass
 class CamState:
     models: list[str]
@@ -97,8 +102,9 @@ class CamState:
     prof_frames: set[int] = field(default_factory=set)
     last: dict[str, tuple[ModelOutput, int]] = field(default_factory=dict)
     gate: ReductoGate | None = None
+    governor: Governor | None = None  # caps measured compute (compute and model-count budgets)
     prev_thumb: np.ndarray | None = None
-    diffs: list[float] = field(default_factory=list)
+    diffs: deque[float] = field(default_factory=lambda: deque(maxlen=DIFF_HISTORY))  # reducto: frame differences, newest last
     plans_made: int = 0
     adapted: int = 0
     prior_acc: dict[str, float] = field(default_factory=dict)  # how often the usual value is right (profiling sample)
@@ -143,16 +149,28 @@ class RuntimePolicy:
         assert st.plan is not None and st.reselector is not None
         if st.reselector.due(frame.frame):
             self._new_period(camera, st, frame.frame)
+        gov = st.governor
         if frame.frame in st.prof_frames:
-            if st.gate is not None:
-                st.gate.step(st.diffs[-1])  # keep the gate's accumulators in step
-            return set(models)
-        if st.gate is not None:
-            return set(st.gate.step(st.diffs[-1]))
-        return set(st.plan.executed_at(frame.frame))
+            # A profiling frame runs every model: when the window has room for all of them.
+            if gov is None or gov.admit_all_or_none(models):
+                if st.gate is not None:
+                    st.gate.step(st.diffs[-1])  # keep the gate's accumulators in step
+                return set(models)
+            st.prof_frames.discard(frame.frame)  # no room: this period has one aligned sample less
+        wanted = st.gate.step(st.diffs[-1]) if st.gate is not None else st.plan.executed_at(frame.frame)
+        if gov is None:
+            return set(wanted)
+        # Models the plan runs most often first, then the cheaper: what the cap cuts first is the rarest, dearest.
+        order = sorted(wanted, key=lambda m: (-st.plan.rates.get(m, 0.0), gov.estimate[m]))
+        run = gov.admit(order)
+        if st.gate is not None and len(run) < len(wanted):
+            st.gate.postpone([m for m in wanted if m not in run])
+        return set(run)
 
-    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+    def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], ms: dict[str, float]) -> None:
         st = self.cams[camera]
+        if st.governor is not None and st.phase is Phase.BUDGETED:
+            st.governor.charge({m: self._amount(m, ms) for m in executed})
         for m, out in executed.items():
             st.last[m] = (out, frame.frame)
         if len(executed) == len(st.models) and st.models:
@@ -187,15 +205,23 @@ class RuntimePolicy:
             d["phase"] = Phase.COLD_START.value
             return d
         p = st.plan
+        gov = st.governor
         d.update(
             phase=Phase.BUDGETED.value,
             resource=p.resource,
-            limit=round(p.budget_limit, 3),
-            used=round(p.budget_used, 3),
+            # With a governor: the cap and the MEASURED spend per frame over its window; else the plan's.
+            limit=round(gov.limit if gov else p.budget_limit, 3),
+            used=round(gov.used() if gov else p.budget_used, 3),
+            planned=round(p.budget_used, 3),
             rates={m: r for m, r in p.rates.items()},
             links_version=st.link_version,
         )
         return d
+
+    def _amount(self, model: str, ms: dict[str, float]) -> float:
+        """What one execution of ``model`` used of the budget's resource (ms, or 1 for a model count)."""
+        assert self.budget is not None
+        return 1.0 if self.budget.resource == "models" else float(ms.get(model, 0.0))
 
     # ------------------------------------------------------------ internals
     def _new_samples(self, models: list[str]) -> AlignedSamples:
@@ -235,12 +261,18 @@ class RuntimePolicy:
         except ValueError as exc:
             raise UserError(f"camera {camera}: {exc}") from None
         extra: dict[str, Any] = {}
+        if self.name == "reducto" and reducto_clip is None and st.plan is not None:
+            # Re-planning after a period: the profiling frames are spread over the period, not a
+            # contiguous clip, so the thresholds stay as tuned; the rates are re-estimated on the
+            # period's own frame differences (and the governor holds the budget regardless).
+            extra = {"reducto_diffs": np.asarray(list(st.diffs)[-self.opts.period_frames:], float),
+                     "reducto_thresholds": dict(st.plan.thresholds)}
         if self.name == "reducto" and reducto_clip is not None:
             # Contiguous profiling clip: the frame differences and, per model, whether
             # reusing the previous output would be wrong at each frame.
             n = len(reducto_clip)
             # The clip's differences end one frame before the current one.
-            hist = st.diffs[:-1] if st.diffs else []
+            hist = list(st.diffs)[:-1]
             diffs = np.asarray(hist[-n:], float) if len(hist) >= n else np.zeros(n)
             changes = {}
             for m in st.models:
@@ -262,7 +294,18 @@ class RuntimePolicy:
             acc = np.mean([model_accuracy(prior, o) for o in score_on.outputs[m]]) if len(score_on) else 1.0
             informative[m] = bool(acc < 0.9)
             st.prior_acc[m] = float(acc)
-        inp = PlanInputs(st.models, costs, resolved, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
+        planning = resolved
+        if resolved.rate_sensitive:
+            # Profiling frames run every model and count against the same budget: plan the rest
+            # with what they leave (the governor then holds the measured spend to the full limit).
+            reserve = self.opts.profile_fraction * resolved.used(st.models, costs)
+            planning = ResolvedBudget(resolved.resource, max(resolved.limit - reserve, 0.0), text=resolved.text)
+            amounts = {m: resolved.amount(costs[m]) for m in st.models}
+            if st.governor is None:
+                st.governor = Governor(resolved.limit, self.opts.period_frames, amounts)
+            else:
+                st.governor.limit = resolved.limit  # keep the estimates it learned from measurements
+        inp = PlanInputs(st.models, costs, planning, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
         st.plan = self.planner.plan(inp)
         st.plans_made += 1
         st.reselector = Reselector(self.opts.period_frames, origin=frame_index + 1)
@@ -310,9 +353,9 @@ class RuntimePolicy:
         seed, seed_diffs = self.r.hmget(links_key(camera), "seed_samples", "seed_diffs")
         if seed:
             samples = AlignedSamples.from_bytes(seed)
-            current = st.diffs[-1:]
+            current = list(st.diffs)[-1:]
             if seed_diffs:
-                st.diffs = list(json.loads(seed_diffs)) + current
+                st.diffs = deque([*json.loads(seed_diffs), *current], maxlen=DIFF_HISTORY)
             self._plan(camera, st, samples, -1, reducto_clip=samples)
             st.phase = Phase.BUDGETED
             return

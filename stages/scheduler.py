@@ -340,7 +340,7 @@ class Worker:
                 continue  # the camera failed in this batch: no record, its frame stays unacked
             t_fill = time.perf_counter()
             try:
-                self.policy.observe(msg.camera, msg, outputs[i])
+                self.policy.observe(msg.camera, msg, outputs[i], per_frame_ms[i])
                 others = [m for m in cs.models if m not in outputs[i]]
                 filled = self.policy.fill(msg.camera, msg, outputs[i], others) if others else {}
             except CAMERA_ERRORS as exc:

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import av
+import conftest
 import numpy as np
 import pytest
-
-from conftest import CAR_MP4, GIF23, GIF35, VIDEOS_DIR
 from rtsp_fixture import free_port, start_rtsp_server
 
-from pipeline.errors import UserError  # noqa: E402
-from stages.live_source import LiveSource, SourceFailed  # noqa: E402
-from stages.watchdog import WatchdogConfig  # noqa: E402
+from pipeline.errors import UserError
+from stages.live_source import LiveSource, SourceFailed
+from stages.watchdog import WatchdogConfig
 
-CAR = VIDEOS_DIR / CAR_MP4
-GIF23 = VIDEOS_DIR / GIF23
-GIF35 = VIDEOS_DIR / GIF35
+CAR = conftest.VIDEOS_DIR / conftest.CAR_MP4  # 377 frames, 12.5 fps
+GIF23 = conftest.VIDEOS_DIR / conftest.GIF23  # 23 frames, ~12.5 fps
+GIF35 = conftest.VIDEOS_DIR / conftest.GIF35
 
 FAST = WatchdogConfig(stall_after_s=1.0, lost_after_s=2.0, backoff_initial_s=0.2, backoff_max_s=1.0,
                       max_attempts=None, connect_timeout_s=8.0)

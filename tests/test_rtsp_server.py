@@ -16,28 +16,13 @@ from pathlib import Path
 import av
 import av.error
 import pytest
+from conftest import CAR_MP4, VIDEOS_DIR
+from rtsp_fixture import RtspServerError, RtspServerHandle, free_port, start_rtsp_server
 
-try:  # tests/ may or may not become a package; support both import styles
-    from tests.rtsp_fixture import (
-        RtspServerError,
-        RtspServerHandle,
-        free_port,
-        rtsp_available,
-        start_rtsp_server,
-    )
-except ImportError:  # pragma: no cover - depends on sys.path layout
-    from rtsp_fixture import (
-        RtspServerError,
-        RtspServerHandle,
-        free_port,
-        rtsp_available,
-        start_rtsp_server,
-    )
+# rtsp_deps: the GStreamer RTSP server can run, else every test here FAILS with the reason.
+pytestmark = [pytest.mark.rtsp, pytest.mark.usefixtures("rtsp_deps")]
 
-pytestmark = pytest.mark.rtsp
-
-VIDEOS = Path(__file__).resolve().parents[2] / "shared/data/videos"
-VIDEO = VIDEOS / "intel_car-detection.mp4"  # H.264 Baseline 768x432 12.5 fps, GOP 60
+VIDEO = VIDEOS_DIR / CAR_MP4  # H.264 Baseline 768x432 12.5 fps, a keyframe every 25 frames (2 s)
 
 # What the decoder is expected to use: TCP interleaving (no UDP port games),
 # a 5 s socket I/O timeout (microseconds) and PyAV open/read timeouts.
@@ -60,11 +45,8 @@ def decode_n(url: str, n: int) -> list[av.VideoFrame]:
 
 
 @pytest.fixture(scope="module")
-def deps() -> None:
-    if not rtsp_available():  # installs the Debian packages once if needed
-        pytest.skip("GStreamer RTSP server bindings unavailable for /usr/bin/python3")
-    if not VIDEO.is_file():
-        pytest.skip(f"sample video missing: {VIDEO}")
+def deps(rtsp_deps: None, car_mp4: Path) -> None:
+    """The server can run (installed once if needed) and the clip is there; else the tests FAIL."""
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +96,7 @@ def test_concurrent_clients_share_the_stream(server: RtspServerHandle) -> None:
     for t in threads:
         t.join(30)
     # A client that joins the shared live stream mid-GOP waits for the next
-    # keyframe (up to 4.8 s with this sample), like with a real camera.
+    # keyframe (up to 2 s with this sample), like with a real camera.
     assert results == {0: 10, 1: 10}
 
 

@@ -52,7 +52,7 @@ def test_one_record_per_frame_with_every_model(r: redis.Redis, gif23: Path, gif3
 
 
 def test_two_workers_share_the_group_without_duplicates(r: redis.Redis, gif35: Path) -> None:
-    decode_into_redis(r, "shared", gif35, models=["scene_light", "edge_density"])
+    decode_into_redis(r, "pair", gif35, models=["scene_light", "edge_density"])
     workers = [Worker(redis.Redis(connection_pool=r.connection_pool), batch=2, block_ms=50, name=f"w{i}") for i in range(2)]
     for w in workers:
         w.refresh_cameras(force=True)  # models loaded before the race starts: neither has a head start
@@ -67,7 +67,7 @@ def test_two_workers_share_the_group_without_duplicates(r: redis.Redis, gif35: P
         t.start()
     for t in threads:
         t.join(30)
-    recs = records(r, "shared")
+    recs = records(r, "pair")
     frames = [x["frame"] for x in recs]
     assert len(frames) == len(set(frames)), "a frame was processed twice"
     assert sorted(frames) == list(range(35))  # and none was lost
@@ -75,7 +75,7 @@ def test_two_workers_share_the_group_without_duplicates(r: redis.Redis, gif35: P
     assert {x["worker"] for x in recs} == {"w0", "w1"}, f"one worker did everything: { {k: len(v) for k, v in by_worker.items()} }"
     for w in workers:  # each worker's records are the frames it counted, and it did take part
         assert by_worker[w.name] and len(by_worker[w.name]) == w.stats.frames, (w.name, by_worker, w.stats)
-    consumers = {c["name"].decode(): c for c in r.xinfo_consumers(frames_key("shared"), GROUP)}
+    consumers = {c["name"].decode(): c for c in r.xinfo_consumers(frames_key("pair"), GROUP)}
     assert set(consumers) == {"w0", "w1"} and all(c["pending"] == 0 for c in consumers.values())
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Iterable
 
 import numpy as np
 
@@ -216,6 +216,7 @@ class ReductoGate:
         self.thresholds = dict(thresholds)
         self._ran: set[str] = set()
         self._acc: dict[str, float] = {m: 0.0 for m in self.thresholds}
+        self._before: dict[str, float] = {}  # accumulators of the models the last step ran, before their reset
 
     def should_run(self, model: str, frame_diff_accumulated: float) -> bool:
         """Decide for one model given the accumulated difference since its last run.
@@ -237,12 +238,21 @@ class ReductoGate:
         """Feed one frame's difference to the previous frame; return the models to run
         on it (their accumulators restart from 0)."""
         run = []
+        self._before = {}
         for m in self.thresholds:
             self._acc[m] += float(frame_diff)
             if self.should_run(m, self._acc[m]):
+                self._before[m] = self._acc[m]
                 self._acc[m] = 0.0
                 run.append(m)
         return run
+
+    def postpone(self, models: Iterable[str]) -> None:
+        """The caller could not run these models on the last stepped frame (a budget cap):
+        they keep the difference they accumulated, so they run on the next frame that allows it."""
+        for m in models:
+            if m in self._before:
+                self._acc[m] = self._before.pop(m)
 
     def reset(self) -> None:
         """Forget history (e.g. after a stream discontinuity)."""

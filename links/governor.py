@@ -1,0 +1,111 @@
+"""The compute governor: a budget as a cap on MEASURED spending, enforced frame by frame.
+
+A plan made on start-up costs is a forecast; models cost what they cost on this
+machine today (a loaded core, a bigger frame). The governor keeps the promise that
+benchmarks and users rely on: over every window of ``window`` consecutive frames the
+measured spend is at most ``limit * window`` (plus the estimation error of the frame
+that closes the window, bounded by ``margin``).
+
+Per frame: :meth:`Governor.admit` takes the models a policy wants, in priority order,
+and keeps those that fit in the room the window has left, using a running estimate of
+each model's cost; after the frame, :meth:`Governor.charge` books what the executed
+models measurably cost and updates the estimates (an exponential moving average), so
+the next decisions use the machine's real costs.
+
+Quiet stretches bank room for busy ones inside the window; nothing is banked beyond it.
+Pure: numbers in, decisions out; no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+__all__ = ["Governor"]
+
+
+class _Frame:
+    __slots__ = ("spend", "final")
+
+    def __init__(self, spend: float) -> None:
+        self.spend, self.final = spend, False
+
+
+@dataclass
+class Governor:
+    limit: float  # allowed spend per frame, on average over every window (ms for a compute budget)
+    window: int  # frames per window
+    estimate: dict[str, float]  # predicted cost per model execution, updated from measurements
+    alpha: float = 0.3  # weight of a new measurement in the running estimate
+    margin: float = 0.05  # admit a model only if its estimate x (1 + margin) fits: measurements vary
+    _frames: deque[_Frame] = field(init=False, repr=False)
+    frames: int = field(default=0, init=False)
+    total: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.limit > 0:
+            raise ValueError(f"governor: limit must be > 0, got {self.limit}")
+        if self.window < 1:
+            raise ValueError(f"governor: window must be >= 1 frame, got {self.window}")
+        if not 0 < self.alpha <= 1:
+            raise ValueError("governor: alpha must be in (0, 1]")
+        bad = [m for m, c in self.estimate.items() if not c >= 0]
+        if bad:
+            raise ValueError(f"governor: negative or unknown cost for {bad}")
+        self.estimate = dict(self.estimate)
+        # The last window-1 frames: measured spend, or the estimate of frames admitted but not charged yet
+        # (a worker decides a whole batch before it runs any model).
+        self._frames = deque(maxlen=self.window - 1)
+
+    def room(self) -> float:
+        """What the next frame may spend so that the window ending with it stays within the cap."""
+        return self.limit * self.window - sum(f.spend for f in self._frames)
+
+    def admit(self, wanted: Iterable[str]) -> list[str]:
+        """The models of ``wanted`` (in priority order) that fit the room, skipping those that do not.
+
+        Books their estimated cost for this frame until :meth:`charge` books the measured one.
+        """
+        room = self.room()
+        out = []
+        for m in wanted:
+            c = self.estimate[m] * (1 + self.margin)
+            if c <= room:
+                out.append(m)
+                room -= c
+        self._book(sum(self.estimate[m] for m in out))
+        return out
+
+    def admit_all_or_none(self, models: Sequence[str]) -> bool:
+        """All of ``models`` together (a profiling frame), or nothing booked. True when admitted."""
+        if sum(self.estimate[m] for m in models) * (1 + self.margin) > self.room():
+            return False
+        self._book(sum(self.estimate[m] for m in models))
+        return True
+
+    def _book(self, spend: float) -> None:
+        if self._frames.maxlen:
+            self._frames.append(_Frame(spend))
+
+    def charge(self, measured: Mapping[str, float]) -> float:
+        """Book the measured cost of the models executed on the oldest admitted frame not yet
+        charged (frames are charged in the order they were admitted). Returns the frame's spend."""
+        spent = 0.0
+        for m, c in measured.items():
+            if c < 0:
+                raise ValueError(f"governor: negative measured cost for {m}")
+            spent += c
+            old = self.estimate.get(m)
+            self.estimate[m] = c if old is None else (1 - self.alpha) * old + self.alpha * c
+        pending = next((f for f in self._frames if not f.final), None)
+        if pending is not None:
+            pending.spend, pending.final = spent, True
+        self.frames += 1
+        self.total += spent
+        return spent
+
+    def used(self) -> float:
+        """Spend per frame over the current window, measured where known (what records report as ``used``)."""
+        n = len(self._frames)
+        return sum(f.spend for f in self._frames) / n if n else 0.0

@@ -1,0 +1,84 @@
+"""links.governor: a compute budget as a cap on measured spending, checked on synthetic streams."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from links.governor import Governor
+
+
+def windows(spend: list[float], w: int) -> list[float]:
+    return [sum(spend[i : i + w]) for i in range(len(spend) - w + 1)]
+
+
+def run(g: Governor, wanted: list[str], true_cost: dict[str, float], frames: int, noise: float = 0.0, seed: int = 0) -> tuple[list[float], list[list[str]]]:
+    rng = random.Random(seed)
+    spend, chosen = [], []
+    for _ in range(frames):
+        ran = g.admit(wanted)
+        chosen.append(ran)
+        spend.append(g.charge({m: true_cost[m] * (1 + noise * (2 * rng.random() - 1)) for m in ran}))
+    return spend, chosen
+
+
+def test_every_window_stays_within_the_cap_when_estimates_are_right() -> None:
+    cost = {"cheap": 2.0, "mid": 15.0, "big": 60.0}
+    g = Governor(limit=20.0, window=10, estimate=dict(cost))
+    spend, chosen = run(g, ["cheap", "mid", "big"], cost, 200)
+    assert max(windows(spend, 10)) <= 200.0 + 1e-9
+    assert 0.8 * 20.0 <= sum(spend) / len(spend) <= 20.0  # and it spends most of what it may
+    assert any("big" in c for c in chosen) and sum("cheap" in c for c in chosen) >= 0.8 * len(chosen)
+
+
+def test_costs_higher_than_planned_are_learned_from_measurements() -> None:
+    planned = {"a": 5.0, "b": 10.0}
+    actual = {"a": 10.0, "b": 20.0}  # the machine is twice as slow as the start-up measurement
+    g = Governor(limit=12.0, window=20, estimate=dict(planned))
+    spend, _ = run(g, ["a", "b"], actual, 400)
+    assert g.estimate["b"] == pytest.approx(20.0, rel=1e-3)
+    late = windows(spend[40:], 20)
+    assert max(late) <= 240.0 * 1.0001  # once learned, every window is within the cap
+    assert sum(spend) / len(spend) <= 12.0 * 1.05
+
+
+def test_noisy_measurements_stay_within_the_margin() -> None:
+    cost = {"a": 8.0, "b": 25.0, "c": 40.0}
+    g = Governor(limit=25.0, window=30, estimate=dict(cost), margin=0.05)
+    spend, _ = run(g, ["a", "b", "c"], cost, 600, noise=0.04, seed=3)
+    assert max(windows(spend, 30)) <= 25.0 * 30 * 1.05
+
+
+def test_a_quiet_stretch_banks_room_for_an_expensive_frame() -> None:
+    g = Governor(limit=10.0, window=10, estimate={"all": 80.0, "cheap": 1.0})
+    for _ in range(9):
+        assert g.admit(["cheap"]) == ["cheap"]
+        g.charge({"cheap": 1.0})
+    assert g.admit_all_or_none(["all"])  # 100 - 9 = 91 >= 80 * 1.05
+    g.charge({"all": 80.0})
+    assert not g.admit_all_or_none(["all"])  # the window that follows has no room for another
+    assert g.admit(["cheap"]) == ["cheap"]  # a refused all-or-none booked nothing
+
+
+def test_a_batch_decided_before_it_runs_is_booked_at_its_estimate() -> None:
+    """A worker decides 8 frames, then runs them: the decisions must not all spend the same room."""
+    g = Governor(limit=10.0, window=8, estimate={"m": 20.0})
+    decided = [g.admit(["m"]) for _ in range(8)]
+    assert sum(len(d) for d in decided) == 3  # 80 of room: three frames of 21 (20 + margin)
+    for d in decided:
+        g.charge({m: 20.0 for m in d})
+    assert g.used() == pytest.approx(60 / 7)
+
+
+def test_models_that_do_not_fit_are_skipped_and_cheaper_ones_still_run() -> None:
+    g = Governor(limit=5.0, window=1, estimate={"big": 9.0, "small": 2.0, "tiny": 1.0})
+    assert g.admit(["big", "small", "tiny"]) == ["small", "tiny"]
+
+
+@pytest.mark.parametrize("kw, msg", [({"limit": 0.0}, "limit"), ({"window": 0}, "window"), ({"alpha": 0.0}, "alpha"),
+                                     ({"estimate": {"a": -1.0}}, "negative")])
+def test_bad_arguments(kw: dict, msg: str) -> None:
+    args = {"limit": 1.0, "window": 5, "estimate": {"a": 1.0}, **kw}
+    with pytest.raises(ValueError, match=msg):
+        Governor(**args)
