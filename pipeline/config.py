@@ -237,6 +237,7 @@ class SchedulerConfig(Strict):
     period_frames: int = Field(300, ge=10, description="re-profile, adapt links and re-plan every this many frames")
     profile_fraction: float = Field(0.02, gt=0, le=1, description="share of each period's frames that run all models")
     cold_start_frames: int = Field(120, ge=8, description="frames profiled with all models before links are trained")
+    seed: int = Field(0, ge=0, description="random seed of link training (benchmark repeats vary it)")
 
     @field_validator("budget")
     @classmethod
@@ -258,7 +259,7 @@ class SchedulerConfig(Strict):
         if self.policy == "all":
             return "all"
         return json.dumps({"name": self.policy, "budget": self.budget, "period_frames": self.period_frames,
-                           "profile_fraction": self.profile_fraction, "cold_start_frames": self.cold_start_frames})
+                           "profile_fraction": self.profile_fraction, "cold_start_frames": self.cold_start_frames, "seed": self.seed})
 
 
 class Config(Strict):

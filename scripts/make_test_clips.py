@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import shutil
 import sys
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def measure(path: Path) -> Props:
         pts = [float(f.pts * vs.time_base) for f in c.decode(vs)]
         kinds = ", ".join(f"{s.type} {s.codec_context.name}" for s in c.streams)
         w, h = vs.width, vs.height
-    if pts[0] != 0.0 or any(b <= a for a, b in zip(pts, pts[1:])):
+    if pts[0] != 0.0 or any(b <= a for a, b in itertools.pairwise(pts)):
         raise SystemExit(f"{path.name}: PTS must start at 0 and strictly increase")
     return Props(w, h, round((len(pts) - 1) / (pts[-1] - pts[0]), 3), len(pts), kinds)  # mean rate of the PTS
 

@@ -35,7 +35,9 @@ class FramePolicy(Protocol):
 
     def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]: ...
 
-    def describe(self, camera: str) -> dict[str, Any]: ...
+    def describe(self, camera: str, frame: FrameMsg) -> dict[str, Any]:
+        """The policy's state for this frame's record (as it was when the frame was decided)."""
+        ...
 
     def bind(self, metas: dict[str, ModelMeta]) -> None:
         """Learns each model's kind and classes when the worker adds a camera."""
@@ -57,7 +59,7 @@ class AllPolicy:
     def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]:
         return {m: Filled(Origin.MISSING, None) for m in others}
 
-    def describe(self, camera: str) -> dict[str, Any]:
+    def describe(self, camera: str, frame: FrameMsg) -> dict[str, Any]:
         return {"name": self.name, "budget": None}
 
     def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], ms: dict[str, float]) -> None:

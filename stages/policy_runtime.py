@@ -103,6 +103,7 @@ class CamState:
     last: dict[str, tuple[ModelOutput, int]] = field(default_factory=dict)
     gate: ReductoGate | None = None
     governor: Governor | None = None  # caps measured compute (compute and model-count budgets)
+    decided: dict[int, Phase] = field(default_factory=dict)  # frame -> the phase it was decided in, until its record is built
     prev_thumb: np.ndarray | None = None
     diffs: deque[float] = field(default_factory=lambda: deque(maxlen=DIFF_HISTORY))  # reducto: frame differences, newest last
     plans_made: int = 0
@@ -144,8 +145,11 @@ class RuntimePolicy:
             st.prev_thumb = th
         if st.phase is Phase.COLD_START:
             self._maybe_load_shared(camera, st, frame.frame)
-            if st.phase is Phase.COLD_START:
-                return set(models)
+        st.decided[frame.frame] = st.phase
+        if len(st.decided) > 4096:  # frames decided but never described (a failed write): forget the oldest
+            st.decided.pop(next(iter(st.decided)))
+        if st.phase is Phase.COLD_START:
+            return set(models)
         assert st.plan is not None and st.reselector is not None
         if st.reselector.due(frame.frame):
             self._new_period(camera, st, frame.frame)
@@ -169,7 +173,7 @@ class RuntimePolicy:
 
     def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], ms: dict[str, float]) -> None:
         st = self.cams[camera]
-        if st.governor is not None and st.phase is Phase.BUDGETED:
+        if st.governor is not None and st.decided.get(frame.frame) is Phase.BUDGETED:
             st.governor.charge({m: self._amount(m, ms) for m in executed})
         for m, out in executed.items():
             st.last[m] = (out, frame.frame)
@@ -198,10 +202,13 @@ class RuntimePolicy:
                 out[m] = Filled(Origin.MISSING, None)
         return out
 
-    def describe(self, camera: str) -> dict[str, Any]:
+    def describe(self, camera: str, frame: FrameMsg) -> dict[str, Any]:
         st = self.cams.get(camera)
         d: dict[str, Any] = {"name": self.name, "budget": self.opts.budget}
-        if st is None or st.plan is None:
+        # A worker decides a whole batch before any frame of it completes the cold start:
+        # a frame decided cold is a cold-start frame even if the plan exists by now.
+        decided = st.decided.pop(frame.frame, Phase.COLD_START) if st is not None else Phase.COLD_START
+        if st is None or st.plan is None or decided is Phase.COLD_START:
             d["phase"] = Phase.COLD_START.value
             return d
         p = st.plan

@@ -430,7 +430,7 @@ class Worker:
             outs[m] = rec
         now = self.wall_clock()
         model_ms = sum(ms.values())
-        pol = self.policy.describe(msg.camera)
+        pol = self.policy.describe(msg.camera, msg)
         return {
             "v": SCHEMA_VERSION,
             "camera": msg.camera,

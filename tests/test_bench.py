@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +18,63 @@ MODELS = ["haar_full_body", "mog2_motion", "scene_light", "edge_density"]
 def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> None:
     cfg = write_config(tmp_path / "b.yaml", {"defaults": {"models": MODELS}, "cameras": {"x": {"source": str(gif35)}}})
     out = tmp_path / "bench"
-    proc = run_mlink("bench", gif35, "--config", cfg, "--budgets", "30%,60%", "--policies", "standalone,ours",
-                     "--out", out, "--redis", redis_url, timeout=400)
+    proc = run_mlink("bench", gif35, "--config", cfg, "--budgets", "30%,60%", "--policies", "hold-last,ours", "--cold-start", "10",
+                     "--period", "10", "--profile-fraction", "0.2", "--out", out, "--redis", redis_url, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     res = json.loads((out / "bench.json").read_text())
-    assert [(r["policy"], r["budget"]) for r in res["runs"]] == [("standalone", "30%"), ("ours", "30%"), ("standalone", "60%"), ("ours", "60%")]
-    n_eval = res["eval_frames"]
-    assert n_eval == 35 - int(35 * 0.5)
+    assert res["command"][:2] == ["mlink", "bench"] and "--budgets" in res["command"]
+    assert res["machine"]["cores"] >= 1 and "cpu" in res["machine"] and "gpu" in res["machine"]
+    assert set(res["costs_ms"]) == set(MODELS) and all(v > 0 for v in res["costs_ms"].values())
+    assert res["semantics"].startswith("production") and res["eval_frames"] == 35  # every frame, the cold start's too
+    assert [(r["policy"], r["budget"]) for r in res["runs"]] == [("hold-last", "30%"), ("ours", "30%"), ("hold-last", "60%"), ("ours", "60%")]
     ref = res["reference"]
-    assert ref["mean"] == 1.0 and ref["compute_saved"] == 0.0 and ref["fps"] > 0
+    assert ref["accuracy"]["mean"] == 1.0 and ref["compute_share"] == pytest.approx(1.0) and ref["fps"] > 0
     for r in res["runs"]:
-        assert r["missing_records"] == 0  # every evaluated frame has its record
-        assert set(r["acc"]) == set(res["models"])
-        assert all(sum(r["origins"][m].values()) == n_eval for m in res["models"])  # every frame scored once
-        assert all(0.0 <= a <= 1.0 for a in r["acc"].values())
-        assert 0.0 < r["compute_saved"] < 1.0
-    # standalone fills nothing in: a model scores 1 where it ran and 0 where it is missing,
-    # so its accuracy IS its executed share (a scorer that credits "missing" fails here)
-    for sa in (r for r in res["runs"] if r["policy"] == "standalone"):
-        assert all(set(sa["origins"][m]) <= {"executed", "missing"} for m in res["models"])
-        assert sa["acc"] == pytest.approx({m: sa["origins"][m].get("executed", 0) / n_eval for m in res["models"]})
-        assert sa["mean"] == pytest.approx(sum(sa["acc"].values()) / len(sa["acc"]))
-    sa = next(r for r in res["runs"] if r["policy"] == "standalone" and r["budget"] == "30%")
-    ours = next(r for r in res["runs"] if r["policy"] == "ours" and r["budget"] == "30%")
-    assert any(sa["origins"][m].get("missing", 0) for m in res["models"])
-    assert ours["mean"] > sa["mean"]  # links fill in better than nothing
-    for png in ("accuracy_vs_budget.png", "accuracy_informative_vs_budget.png", "compute_saved.png", "fps.png", "overhead.png", "per_model.png"):
+        for key in ("policy", "budget", "seed", "compute_share", "accuracy", "box_f1", "count_mae", "fps", "restarts", "missing_records", "valid"):
+            assert key in r, key
+        assert set(r["accuracy"]) == {"mean", "informative", "per_model"} and set(r["accuracy"]["per_model"]) == set(MODELS)
+        assert r["valid"], r["invalid_reasons"]
+        assert r["restarts"] == 0 and r["missing_records"] == 0
+        assert all(sum(r["origins"][m].values()) == 35 for m in MODELS)  # every frame scored once
+        # the cold start (10 of 35 frames) runs everything; after it the measured spend holds the budget (x 1.05)
+        b = r["spend"]
+        assert b["budgeted_ms"] <= b["limit_ms"] * 1.05 and b["worst_window_ms"] <= b["limit_ms"] * 1.05
+        assert b["limit_ms"] == pytest.approx(float(r["budget"].rstrip("%")) / 100 * res["total_ms"], rel=1e-3)
+        assert 0.0 < r["compute_share"] < 1.0
+        assert set(r["box_f1"]) == {"haar_full_body"} and 0.0 <= r["box_f1"]["haar_full_body"] <= 1.0
+    assert [c["k"] for c in res["hold_last_curve"]] == list(range(1, 17))
+    assert set(res["summary"]["at"]) == {"hold-last", "ours", "hold-last (exact, k=1..16)"}
+    assert set(res["summary"]["at"]["ours"]["mean"]) == {"1/5", "1/3"}
+    for png in ("accuracy_vs_compute.png", "accuracy_informative_vs_compute.png", "per_model.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
     table = (out / "bench.md").read_text()
-    assert "| ours | 30% |" in table and "| all | 100% |" in table
-    assert "| ours | 30% |" in proc.stdout
+    assert "| ours | 30% | 1/1 |" in table and "mean @ 1/5" in table
+    assert "| ours | 30% | 1/1 |" in proc.stdout
+    # the README's tables come from this file through the generator script
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:t:start -->\nSTALE TABLE\n<!-- bench:t:end -->\nrest\n")
+    gen = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "bench_tables.py"), str(out / "bench.json"),
+                          "--readme", str(readme), "--name", "t"], capture_output=True, text=True, timeout=60)
+    assert gen.returncode == 0, gen.stderr
+    text = readme.read_text()
+    assert "STALE TABLE" not in text and "| ours | 30% | 1/1 |" in text and text.startswith("intro") and text.endswith("rest\n")
+
+
+def test_bench_concat_reports_accuracy_after_each_scene_change(tmp_path: Path, redis_url: str, gif23: Path, gif35: Path) -> None:
+    cfg = write_config(tmp_path / "b.yaml", {"defaults": {"models": MODELS}, "cameras": {"x": {"source": str(gif35)}}})
+    out = tmp_path / "bench"
+    proc = run_mlink("bench", gif23, gif35, "--concat", "--config", cfg, "--budgets", "40%", "--policies", "ours", "--cold-start", "10",
+                     "--period", "10", "--profile-fraction", "0.2", "--out", out, "--redis", redis_url, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((out / "bench.json").read_text())
+    assert res["boundaries"] == {"concat": [23]} and res["eval_frames"] == 23 + 35
+    drift = res["runs"][0]["drift"]["concat"]
+    assert len(drift) == 1 and len(drift[0]) == 3 and all(0.0 <= x <= 1.0 for x in drift[0])
+    assert "After each scene change" in (out / "bench.md").read_text()
+    bad = run_mlink("bench", gif23, "--budgets", "40%", "--period", "5", "--out", out, "--redis", redis_url)
+    assert bad.returncode == 1 and bad.stderr.startswith("mlink: error: --period/--cold-start/--profile-fraction: period_frames")
 
 
 # ------------------------------------------------------------ the scorer itself
@@ -83,44 +110,42 @@ def _corrupt(o: dict[str, Any]) -> dict[str, Any]:
     return o
 
 
-def test_score_run_scores_what_was_derived(gif35: Path) -> None:
-    from pipeline.app.bench import RunResult, score_run
+def test_score_run_on_real_model_outputs(gif35: Path) -> None:
+    """The scorer on real outputs of the cheap models: exact agreement is 1, each corrupted
+    output costs exactly its frame, executed outputs are scored too, holes are counted."""
+    from pipeline.app.bench_score import score_run
 
     ref_recs, metas = _reference(gif35)
-    frames = sorted(ref_recs)[10:]  # the evaluated part
-    ev = {"x": frames}
-    ref = RunResult("all", None, {"x": ref_recs}, fps=1.0, wall_s=1.0, model_s=1.0)
+    classes = {m: metas[m].classes for m in MODELS}
+    frames = {"x": sorted(ref_recs)[10:]}
+    info = {m: True for m in MODELS}
+    ref = {"x": ref_recs}
 
-    def run(recs: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        return score_run(RunResult("p", "30%", {"x": recs}, fps=1.0, wall_s=1.0, model_s=1.0), ref, metas, ev)
+    def run(recs: dict[int, dict[str, Any]]) -> Any:
+        return score_run({"x": recs}, ref, classes, frames, info)
 
-    # the reference against itself: perfect, nothing saved
     same = run(ref_recs)
-    assert same["acc"] == {m: 1.0 for m in MODELS} and same["mean"] == 1.0
-    assert same["compute_saved"] == 0.0 and same["missing_records"] == 0
-    # every model derived ("linked") with exactly the reference's values: still perfect, all compute saved
+    assert same.per_model == {m: 1.0 for m in MODELS} and same.compute_share == 1.0 and same.missing_records == 0
     linked = copy.deepcopy(ref_recs)
     for rec in linked.values():
         for o in rec["outputs"].values():
-            o["origin"], o["ms"] = "linked", 0.0
+            o["origin"] = "linked"
+            o.pop("ms")
     exact = run(linked)
-    assert exact["acc"] == {m: 1.0 for m in MODELS} and exact["compute_saved"] == 1.0
-    assert exact["origins"] == {m: {"linked": len(frames)} for m in MODELS}
-    # corrupt each model's derived output on the first k evaluated frames: accuracy 1 - k/n exactly
+    assert exact.per_model == {m: 1.0 for m in MODELS} and exact.compute_share == 0.0
+    n = len(frames["x"])
     k = 5
     bad = copy.deepcopy(linked)
-    for f in frames[:k]:
+    for f in frames["x"][:k]:
         bad[f]["outputs"] = {m: _corrupt(o) for m, o in bad[f]["outputs"].items()}
-    wrong = run(bad)
-    assert wrong["acc"] == pytest.approx({m: 1 - k / len(frames) for m in MODELS})
-    # "missing" scores 0, "executed" scores 1 whatever it says (the model itself ran)
-    mixed = copy.deepcopy(linked)
-    for f in frames:
+    assert run(bad).per_model == pytest.approx({m: 1 - k / n for m in MODELS})
+    # an EXECUTED output that differs from the reference (a stateful model on fewer frames) is wrong too
+    mixed = copy.deepcopy(ref_recs)
+    for f in frames["x"]:
         mixed[f]["outputs"]["scene_light"]["origin"] = "missing"
         mixed[f]["outputs"]["edge_density"] = {**_corrupt(ref_recs[f]["outputs"]["edge_density"]), "origin": "executed", "ms": 2.0}
     m = run(mixed)
-    assert m["acc"]["scene_light"] == 0.0 and m["acc"]["edge_density"] == 1.0
-    assert m["compute_saved"] == pytest.approx(1 - 1 / len(MODELS))  # only edge_density's time was spent
-    # a frame without a record is counted, not silently scored
-    holes = {f: rec for f, rec in ref_recs.items() if f not in frames[:3]}
-    assert run(holes)["missing_records"] == 3
+    assert m.per_model["scene_light"] == 0.0 and m.per_model["edge_density"] == 0.0
+    holes = {f: rec for f, rec in ref_recs.items() if f not in frames["x"][:3]}
+    h = run(holes)
+    assert h.missing_records == 3 and h.per_model["edge_density"] == pytest.approx(1 - 3 / n)

@@ -41,6 +41,16 @@ def test_native_size_and_pts_of_the_car_clip(car_mp4: Path) -> None:
     assert [round(f.pts, 3) for f in frames] == [0.0, 8.0, 16.0, 24.0]
 
 
+def test_audio_stream_next_to_the_video_is_ignored(trimmed_mp4: Path) -> None:
+    import av
+
+    with av.open(str(trimmed_mp4)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]  # the clip really carries audio
+    frames = list(iter_frames(trimmed_mp4, resize=32))
+    assert [f.index for f in frames] == list(range(48))
+    assert [f.pts for f in frames] == pytest.approx([i / 12 for i in range(48)])  # 12 fps, audio packets skipped
+
+
 def test_fps_sampling_by_pts_keeps_the_right_frames(car_mp4: Path) -> None:
     # 12.5 fps sampled at 5 fps: one frame per 0.2 s slot -> frame ceil(2.5 k)
     frames = list(iter_frames(car_mp4, fps=5, resize=32))

@@ -1,28 +1,36 @@
-"""``mlink bench``: every policy at every budget through the real pipeline, on real footage.
+"""``mlink bench``: every policy at every budget through the real pipeline, compared at equal
+MEASURED compute.
 
-1. Reference: the whole footage is replayed with policy ``all`` (every model on
-   every frame) through decoders -> Redis -> scheduler, as ``mlink replay`` does.
-2. Links: for each clip, the first ``train_frac`` of its frames (in time) is the
-   profiling sample: links are trained on it exactly as a cold-started camera
-   would (first 75% fit, last 25% score the links and drive the planner), and
-   stored in Redis as that camera's links (``links:{cam}``).
-3. Each policy x budget replays the REST of each clip through the real pipeline,
-   warm-started from those links, with periodic profiling and adaptation on.
-4. Accuracy is agreement with the reference run's outputs on the same frames:
-   counts within 0.5 per class, top-1 label, scalar within tolerance
-   (:func:`links.metrics.model_accuracy`); executed models score 1, missing 0.
-   Reported per model, as the mean over all models, and over informative
-   targets only (those whose most common value covers < 90% of the frames).
+1. Costs are measured on this machine (never a cache) and published, as ``mlink run`` does.
+2. Reference: the footage is replayed with policy ``all`` (every model, every frame)
+   through decoders -> Redis -> scheduler.
+3. Each policy x budget x repeat (a different link-training seed) replays the same footage
+   with production semantics: the camera cold-starts (every model on the first
+   ``cold_start_frames`` frames, counted as spent compute), trains its links from those
+   frames, then runs under the budget with periodic profiling and adaptation, exactly as in
+   ``mlink run``. ``--warm-links F`` instead seeds links trained on the first F of each clip
+   of the reference and evaluates the rest: an upper bound, labelled as such.
+4. Every output of every frame is scored against the reference
+   (:mod:`pipeline.app.bench_score`); compute is the run's measured model time over the
+   reference's. A run with a restarted process, a frame without a record, or spending above
+   its budget x 1.05 after the cold start is marked invalid, and its accuracy is not shown.
+5. Policies are compared at equal compute: accuracy interpolated at exactly 1/5 and 1/3 of
+   all's compute on each policy's accuracy-vs-compute curve, beside the exact hold-last
+   curve (every model on every k-th frame) computed from the reference alone.
+6. ``--concat`` plays the clips back to back as ONE camera (a scene change at each
+   boundary) and reports accuracy in the 1st, 2nd and 3rd period after each change.
 
-Speed: frames/s is measured between the first and last record of a run
-(process start-up excluded); compute saved is 1 - executed model time / the
-reference's model time on the same frames; overhead share is the part of the
-run's wall time not spent inside models (decode, Redis, links, records).
+Outputs in ``--out``: ``bench.json`` (the command, commit, machine, measured costs, every
+run), ``bench.md`` (tables, from :mod:`pipeline.app.bench_report`) and PNG plots.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,79 +42,127 @@ import redis
 
 from links.budget import ModelCost, parse_budget
 from links.linkset import LinkSet
-from links.metrics import model_accuracy, scalar_tolerance
 from links.outputs import ModelOutput
 from links.policies import frame_difference, thumbnail
 from links.samples import AlignedSamples, ModelMeta
+from pipeline.app.bench_report import format_tables, plot_bench
+from pipeline.app.bench_score import drift_periods, hold_last_curve, informative_targets, interpolate_at, overspend, score_run
 from pipeline.app.session import ProgressSink, RecordStore, SessionOptions, run_session
-from pipeline.config import Config, SchedulerConfig, replay_config_from
+from pipeline.config import Config, SchedulerConfig, parse_config, replay_config_from
 from pipeline.costs import measure_config_costs
 from pipeline.errors import UserError
 from pipeline.keys import camera_key, links_key
 from pipeline.redis_conn import EmbeddedRedis, connect
-from pipeline.video import iter_frames
+from pipeline.video import iter_frames, probe_frame_count
 from pipeline.zoo import build_models
+
+Records = dict[str, dict[int, dict[str, Any]]]
+SHARES = {"1/5": 0.2, "1/3": 1 / 3}  # where policies are compared
 
 
 @dataclass
-class RunResult:
-    policy: str
-    budget: str | None
-    records: dict[str, dict[int, dict[str, Any]]]  # camera -> frame -> record
+class BenchOptions:
+    videos: list[str]
+    budgets: list[str]
+    policies: list[str]
+    out_dir: Path
+    config: Config | None = None
+    redis_url: str | None = None
+    fps: float | None = None
+    repeats: int = 1
+    concat: bool = False
+    warm_links: float | None = None
+    period_frames: int = 100
+    profile_fraction: float = 0.05
+    cold_start_frames: int = 60
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class Replay:
+    records: Records
     fps: float
     wall_s: float
-    model_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    restarts: int
+    errors: dict[str, str]
 
 
-def _replay(cfg: Config, url: str, *, seed: Callable[[redis.Redis], None] | None = None, desc: str = "replay", total: int | None = None) -> RunResult:
-    """One run of the real pipeline over ``cfg``'s cameras (the session engine of ``mlink replay``).
-
-    ``seed`` prepares Redis once the cameras are clean and before any stage starts
-    (start frames, links trained from the reference run).
-    """
+def _replay(cfg: Config, url: str, *, seed: Callable[[redis.Redis], None] | None = None, desc: str = "replay",
+            total: int | None = None) -> Replay:
+    """One run of the real pipeline over ``cfg``'s cameras (the session engine of ``mlink replay``)."""
     store, progress = RecordStore(), ProgressSink(total, desc, leave=False)
+    t0 = time.monotonic()
     res = run_session(cfg, url, [store, progress], SessionOptions(fresh=True, workers=1, on_prepared=seed), say=progress.say)
-    if res.errors:
-        cam, reason = next(iter(res.errors.items()))
-        raise UserError(f"bench: camera {cam}: {reason}")
-    if res.stage_failures:
-        raise UserError(f"bench: {res.stage_failures[0]}")
-    recs = store.records
-    done = [rec["wall"] + rec["latency_ms"]["total"] / 1000 for cr in recs.values() for rec in cr.values()]
-    n = len(done)
-    span = (max(done) - min(done)) if n > 1 else float("nan")
-    model_s = sum(o.get("ms", 0.0) for cr in recs.values() for rec in cr.values() for o in rec["outputs"].values() if o["origin"] == "executed") / 1000
-    worker_s = sum(rec["latency_ms"].get("worker", 0.0) for cr in recs.values() for rec in cr.values()) / 1000
-    links_s = sum(rec["latency_ms"].get("links", 0.0) for cr in recs.values() for rec in cr.values()) / 1000
-    out = RunResult(cfg.scheduler.policy, cfg.scheduler.budget, dict(recs), (n - 1) / span if span == span and span > 0 else float("nan"), span, model_s)
-    out.extra.update(worker_s=worker_s, links_s=links_s, restarts=res.restarts)
-    return out
+    done = [rec["wall"] + rec["latency_ms"]["total"] / 1000 for cr in store.records.values() for rec in cr.values()]
+    span = (max(done) - min(done)) if len(done) > 1 else 0.0
+    errors = dict(res.errors)
+    errors.update({f"stage{i}": f for i, f in enumerate(res.stage_failures)})
+    return Replay(dict(store.records), (len(done) - 1) / span if span > 0 else float("nan"), time.monotonic() - t0, res.restarts, errors)
 
 
-def _all(run: RunResult) -> list[dict[str, Any]]:
-    return [rec for cr in run.records.values() for rec in cr.values()]
+def bench_config(videos: list[str], base: Config | None, fps: float | None, concat: bool) -> tuple[Config, dict[str, list[int]]]:
+    """The cameras to bench, and per camera the first frame of each clip after the first
+    (scene changes; only with ``concat``, where all clips are one camera)."""
+    if not concat:
+        return replay_config_from(videos, base, fps=fps), {}
+    tmpl = replay_config_from(videos[:1], base, fps=fps)
+    cam = next(iter(tmpl.cameras.values())).model_dump(mode="json", exclude={"name", "source", "model_specs"})
+    cfg = parse_config({"cameras": {"concat": {**cam, "source": list(videos), "mode": "replay"}}}, where="bench")
+    cfg.scheduler = tmpl.scheduler
+    counts = [probe_frame_count(v, fps=fps) or 0 for v in videos]
+    return cfg, {"concat": [int(x) for x in np.cumsum(counts)[:-1]]}
 
 
-def _overhead(run: RunResult) -> float:
-    """Share of the scheduler's processing time not spent inside models (frame decode,
-    policy, links, records); decoders and Redis run in other processes besides."""
-    w = run.extra.get("worker_s", 0.0)
-    return 1 - run.model_s / w if w > 0 else float("nan")
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:  # a broken CUDA install must not stop a CPU benchmark
+        gpu = None
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "python": platform.python_version()}
 
 
-def _samples_from_records(records: list[dict[str, Any]], metas: list[Any]) -> Any:
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parents[2]).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
-    s = AlignedSamples(metas)
-    for rec in records:
-        outs = {m.name: ModelOutput.from_record(rec["outputs"][m.name], m.classes) for m in metas}
-        s.append(rec["camera"], int(rec["frame"]), float(rec["pts"]), outs)
-    return s
+
+def _warm_seeds(cfg: Config, ref: Replay, metas: dict[str, ModelMeta], names: list[str], frac: float) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """Links trained on the first ``frac`` of each camera's reference records (upper bound only)."""
+    cut: dict[str, int] = {}
+    seeds: dict[str, dict[str, Any]] = {}
+    for cam, cc in cfg.cameras.items():
+        frames = sorted(ref.records[cam])
+        k = max(4, int(len(frames) * frac))
+        cut[cam] = frames[k]
+        s = AlignedSamples([metas[n] for n in names])
+        for f in frames[:k]:
+            rec = ref.records[cam][f]
+            s.append(cam, f, float(rec["pts"]), {n: ModelOutput.from_record(rec["outputs"][n], metas[n].classes) for n in names})
+        fit_n = max(2, int(k * 0.75))
+        ls = LinkSet.train(s.subset(np.arange(fit_n)), seed=0, epochs=30)
+        val = s.subset(np.arange(fit_n, k))
+        diffs = _diffs_for_frames(cc.files(cfg.base_dir)[0], frames[fit_n:k], cc.resize)
+        seeds[cam] = {"blob": ls.to_bytes(), "seed_samples": val.to_bytes(), "seed_diffs": json.dumps(diffs)}
+    return cut, seeds
 
 
 def _diffs_for_frames(video: Path, frames: list[int], resize: Any) -> list[float]:
     """Consecutive-frame differences (Reducto's feature) for the given frame indices."""
-
     want = set(frames)
     out: dict[int, float] = {}
     prev = None
@@ -120,209 +176,126 @@ def _diffs_for_frames(video: Path, frames: list[int], resize: Any) -> list[float
     return [out.get(i, 0.0) for i in frames]
 
 
-def _value_key(o: dict[str, Any]) -> Any:
-    if "counts" in o:
-        return tuple(sorted(o["counts"].items()))
-    if "label" in o:
-        return o["label"]
-    return o.get("value")
-
-
-def informative_targets(ref: list[dict[str, Any]], models: list[str]) -> dict[str, bool]:
-    """True where the model's most common value covers < 90% of the frames."""
-    info = {}
-    for m in models:
-        outs = [rec["outputs"][m] for rec in ref]
-        if outs and "value" in outs[0] and "counts" not in outs[0]:
-            v = np.array([o["value"] for o in outs], float)
-            tol = scalar_tolerance(v)
-            cover = max(float(np.mean(np.abs(v - c) <= tol)) for c in v)
-        else:
-            keys = [_value_key(o) for o in outs]
-            cover = max(keys.count(k) for k in set(keys)) / max(len(keys), 1)
-        info[m] = cover < 0.9
-    return info
-
-
-def score_run(run: RunResult, ref: RunResult, metas: dict[str, Any], eval_frames: dict[str, list[int]]) -> dict[str, Any]:
-
-    per_model: dict[str, list[float]] = defaultdict(list)
-    exec_ms = ref_ms = 0.0
-    origins: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    missing_records = 0
-    for cam, frames in eval_frames.items():
-        for f in frames:
-            rrec = ref.records[cam][f]
-            rec = run.records.get(cam, {}).get(f)
-            if rec is None:
-                missing_records += 1
-                continue
-            for m, ro in rrec["outputs"].items():
-                ref_ms += ro.get("ms", 0.0)
-                o = rec["outputs"][m]
-                origins[m][o["origin"]] += 1
-                if o["origin"] == "executed":
-                    exec_ms += o.get("ms", 0.0)
-                    per_model[m].append(1.0)
-                elif o["origin"] == "missing":
-                    per_model[m].append(0.0)
-                else:
-                    cls = metas[m].classes
-                    per_model[m].append(model_accuracy(ModelOutput.from_record(o, cls), ModelOutput.from_record(ro, cls)))
-    acc = {m: float(np.mean(v)) for m, v in per_model.items()}
-    return {"acc": acc, "mean": float(np.mean(list(acc.values()))) if acc else float("nan"),
-            "compute_saved": 1 - exec_ms / ref_ms if ref_ms else float("nan"),
-            "origins": {m: dict(v) for m, v in origins.items()}, "missing_records": missing_records}
-
-
-def run_bench(videos: list[str], budgets: list[str], policies: list[str], out_dir: Path, *, config: Any = None,
-              redis_url: str | None = None, train_frac: float = 0.5, period_frames: int = 200, seed: int = 0) -> dict[str, Any]:
-    from tqdm import tqdm
-
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = replay_config_from(videos, config)
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, boundaries = bench_config(opts.videos, opts.config, opts.fps, opts.concat)
     specs = cfg.all_model_specs()
     models = build_models(specs)
     metas = {n: ModelMeta.of(m) for n, m in models.items()}
     names = list(models)
-    emb = None if redis_url else EmbeddedRedis(publish=False).start()
-    url = redis_url or emb.url  # type: ignore[union-attr]
+    classes = {n: metas[n].classes for n in names}
+    emb = None if opts.redis_url else EmbeddedRedis(publish=False).start()
+    url = opts.redis_url or emb.url  # type: ignore[union-attr]
+    timings: dict[str, Any] = {}
     try:
         r = connect(url)
-        costs = measure_config_costs(cfg, r, check_budget=False, remeasure=True)  # a benchmark measures, never trusts a cache
-        total_ms = sum(c.ms for c in costs.values())
-        mc = {n: ModelCost(n, c.ms, c.mem_mb, c.gpu_mb) for n, c in costs.items()}
-        for b in budgets:
+        t = time.monotonic()
+        measured = measure_config_costs(cfg, r, check_budget=False, remeasure=True)  # a benchmark measures, never trusts a cache
+        timings["costs_s"] = time.monotonic() - t
+        costs = {n: ModelCost(n, c.ms, c.mem_mb, c.gpu_mb) for n, c in measured.items()}
+        for b in opts.budgets:
             try:
-                parse_budget(b).resolve(mc).check_feasible(mc)
+                parse_budget(b).resolve(costs).check_feasible(costs)
             except ValueError as exc:
-                raise UserError(str(exc)) from None
+                raise UserError(f"--budgets: {exc}") from None
 
-        # 1. reference
+        total_frames = sum(probe_frame_count(f, fps=c.fps) or 0 for c in cfg.cameras.values() for f in c.files(cfg.base_dir)) or None
         cfg.scheduler = SchedulerConfig(policy="all")
-        t0 = time.time()
-        ref = _replay(cfg, url, desc="all (reference)")
-        ref.extra["seconds"] = time.time() - t0
+        ref = _replay(cfg, url, desc="all (reference)", total=total_frames)
+        timings["reference_s"] = ref.wall_s
+        if ref.errors:
+            raise UserError(f"bench: the reference run failed: {next(iter(ref.errors.values()))}")
 
-        # 2. links per clip from the first part, as a cold start would train them
         cut: dict[str, int] = {}
-        eval_frames: dict[str, list[int]] = {}
         seeds: dict[str, dict[str, Any]] = {}
-        train_s = 0.0
-        for cam, cc in cfg.cameras.items():
-            frames = sorted(ref.records[cam])
-            k = max(4, int(len(frames) * train_frac))
-            cut[cam] = frames[k]
-            eval_frames[cam] = frames[k:]
-            train = _samples_from_records([ref.records[cam][f] for f in frames[:k]], [metas[n] for n in names])
-            fit_n = max(2, int(k * 0.75))
-            t1 = time.perf_counter()
-            ls = LinkSet.train(train.subset(np.arange(fit_n)), seed=seed, epochs=30)
-            train_s += time.perf_counter() - t1
-            val = train.subset(np.arange(fit_n, k))
-            diffs = _diffs_for_frames(cc.files(cfg.base_dir)[0], frames[fit_n:k], cc.resize)
-            seeds[cam] = {"blob": ls.to_bytes(), "seed_samples": val.to_bytes(), "seed_diffs": json.dumps(diffs)}
+        if opts.warm_links is not None:
+            t = time.monotonic()
+            cut, seeds = _warm_seeds(cfg, ref, metas, names, opts.warm_links)
+            timings["warm_links_training_s"] = time.monotonic() - t
+        frames = {cam: [f for f in sorted(ref.records[cam]) if f >= cut.get(cam, 0)] for cam in cfg.cameras}
+        n_eval = sum(len(v) for v in frames.values())
+        informative = informative_targets(ref.records, names, frames)
 
-        # 3. every policy x budget on the rest of each clip
         runs: list[dict[str, Any]] = []
-        combos = [(p, b) for b in budgets for p in policies if p != "all"]
-        for p, b in tqdm(combos, desc="bench runs", unit="run", dynamic_ncols=True):
-            cfg.scheduler = SchedulerConfig(policy=p, budget=b, period_frames=period_frames, profile_fraction=0.02, cold_start_frames=120)
+        combos = [(seed, b, p) for seed in range(opts.repeats) for b in opts.budgets for p in opts.policies if p != "all"]
+        for i, (seed, b, p) in enumerate(combos, 1):
+            cfg.scheduler = SchedulerConfig(policy=p, budget=b, period_frames=opts.period_frames, profile_fraction=opts.profile_fraction,
+                                            cold_start_frames=opts.cold_start_frames, seed=seed)
 
-            def seed(r: redis.Redis) -> None:
+            def seed_links(rr: redis.Redis) -> None:
                 for cam in cfg.cameras:
-                    # The decoder skips what "was already sent": the training part of the clip.
-                    s = cut[cam]
-                    r.hset(camera_key(cam), mapping={"next_frame": s, "session_first_frame": s, "source_pos": s})
-                    r.hset(links_key(cam), mapping={"version": 1, **seeds[cam]})
+                    s = cut[cam]  # the decoder skips what "was already sent": the training part of the clip
+                    rr.hset(camera_key(cam), mapping={"next_frame": s, "session_first_frame": s, "source_pos": s})
+                    rr.hset(links_key(cam), mapping={"version": 1, **seeds[cam]})
 
-            run = _replay(cfg, url, seed=seed, desc=f"{p} @ {b}", total=sum(len(v) for v in eval_frames.values()))
-            sc = score_run(run, ref, metas, eval_frames)
-            runs.append({"policy": p, "budget": b, "fps": run.fps, "wall_s": run.wall_s, "model_s": run.model_s,
-                         "overhead_share": _overhead(run), "links_ms_per_frame": 1000 * run.extra["links_s"] / max(len(_all(run)), 1), **sc})
-        ref_eval = score_run(ref, ref, metas, eval_frames)
-        ref_row = {"policy": "all", "budget": "100%", "fps": ref.fps, "wall_s": ref.wall_s, "model_s": ref.model_s,
-                   "overhead_share": _overhead(ref), "links_ms_per_frame": 0.0, **ref_eval}
-        ref_list = [rec for cam in eval_frames for rec in (ref.records[cam][f] for f in eval_frames[cam])]
-        info = informative_targets(ref_list, names)
-        for row in [ref_row, *runs]:
-            inf = [row["acc"][m] for m in names if info[m]]
-            row["mean_informative"] = float(np.mean(inf)) if inf else float("nan")
-        result = {"videos": videos, "models": names, "costs_ms": {n: c.ms for n, c in costs.items()}, "total_ms": total_ms,
-                  "informative": info, "train_frac": train_frac, "link_train_s": train_s, "reference": ref_row, "runs": runs,
-                  "eval_frames": sum(len(v) for v in eval_frames.values())}
-        (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
-        table = format_table(result)
-        (out_dir / "bench.md").write_text(table + "\n")
-        plot_bench(result, out_dir)
+            run = _replay(cfg, url, seed=seed_links if seeds else None, desc=f"[{i}/{len(combos)}] {p} @ {b} seed {seed}", total=n_eval)
+            sc = score_run(run.records, ref.records, classes, frames, informative, window=opts.period_frames)
+            reasons = [f"camera {c}: {e}" for c, e in run.errors.items()]
+            if run.restarts:
+                reasons.append(f"{run.restarts} process restart(s)")
+            if sc.missing_records:
+                reasons.append(f"{sc.missing_records} frame(s) without a record")
+            if (why := overspend(sc)) is not None:
+                reasons.append(why)
+            row = {"policy": p, "budget": b, "seed": seed, "fps": run.fps, "wall_s": run.wall_s, "restarts": run.restarts,
+                   "valid": not reasons, "invalid_reasons": reasons, **sc.to_json()}
+            if boundaries:
+                row["drift"] = {cam: drift_periods(run.records, ref.records, classes, cam, bs, opts.period_frames, informative)
+                                for cam, bs in boundaries.items()}
+            runs.append(row)
+
+        curve = hold_last_curve(ref.records, classes, frames, informative)
+        ref_score = score_run(ref.records, ref.records, classes, frames, informative)
+        result: dict[str, Any] = {
+            "command": opts.command, "commit": _commit(), "machine": _machine(),
+            "videos": opts.videos, "models": names, "costs_ms": {n: c.ms for n, c in costs.items()},
+            "total_ms": sum(c.ms for c in costs.values()),
+            "options": {"budgets": opts.budgets, "policies": opts.policies, "fps": opts.fps, "repeats": opts.repeats, "concat": opts.concat,
+                        "warm_links": opts.warm_links, "period_frames": opts.period_frames, "profile_fraction": opts.profile_fraction,
+                        "cold_start_frames": opts.cold_start_frames},
+            "semantics": "warm links (upper bound, not production)" if opts.warm_links is not None else "production (cold start counted)",
+            "eval_frames": n_eval, "boundaries": boundaries, "informative": informative,
+            "reference": {"fps": ref.fps, "wall_s": ref.wall_s, **ref_score.to_json()},
+            "hold_last_curve": curve, "runs": runs,
+            "timings": {**timings, "runs_s": sum(x["wall_s"] for x in runs)},
+        }
+        result["summary"] = summarize(result)
+        (opts.out_dir / "bench.json").write_text(json.dumps(result, indent=1))
+        (opts.out_dir / "bench.md").write_text(format_tables(result) + "\n")
+        plot_bench(result, opts.out_dir)
         return result
     finally:
         if emb:
             emb.stop()
 
 
-def format_table(res: dict[str, Any]) -> str:
-    names = res["models"]
-    info = res["informative"]
-    lines = [f"eval frames: {res['eval_frames']}; informative targets: {', '.join(m for m in names if info[m]) or 'none'}; "
-             f"all models: {res['total_ms']:.1f} ms/frame measured here",
-             "",
-             "| policy | budget | mean acc | informative acc | compute saved | frames/s | x all fps | overhead share | links ms/frame |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    ref = res["reference"]
-    for row in [ref, *res["runs"]]:
-        lines.append(f"| {row['policy']} | {row['budget']} | {row['mean']:.3f} | {row['mean_informative']:.3f} | {row['compute_saved']:.1%} | "
-                     f"{row['fps']:.2f} | {row['fps'] / ref['fps']:.2f} | {row['overhead_share']:.1%} | {row.get('links_ms_per_frame', 0.0):.2f} |")
-    lines += ["", "per-model accuracy:", "", "| policy | budget | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for row in res["runs"]:
-        lines.append(f"| {row['policy']} | {row['budget']} | " + " | ".join(f"{row['acc'].get(m, float('nan')):.3f}" for m in names) + " |")
-    return "\n".join(lines)
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """Per policy: mean and spread over repeats per budget (valid runs only), and accuracy
+    interpolated at 1/5 and 1/3 of all's compute on the curve through those means."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in result["runs"]:
+        by[(row["policy"], row["budget"])].append(row)
+    rows = []
+    for (p, b), rs in by.items():
+        ok = [x for x in rs if x["valid"]]
 
+        def stat(get: Callable[[dict[str, Any]], float]) -> tuple[float, float]:
+            v = [get(x) for x in ok]
+            return (float(np.mean(v)), float(np.std(v))) if v else (float("nan"), float("nan"))
 
-def plot_bench(res: dict[str, Any], out_dir: Path) -> None:
-    import matplotlib
+        det_f1 = lambda x: float(np.mean(list(x["box_f1"].values()))) if x["box_f1"] else float("nan")  # noqa: E731
+        det_mae = lambda x: float(np.mean(list(x["count_mae"].values()))) if x["count_mae"] else float("nan")  # noqa: E731
+        rows.append({"policy": p, "budget": b, "runs": len(rs), "valid": len(ok),
+                     "compute_share": stat(lambda x: x["compute_share"]), "mean": stat(lambda x: x["accuracy"]["mean"]),
+                     "informative": stat(lambda x: x["accuracy"]["informative"]), "box_f1": stat(det_f1), "count_mae": stat(det_mae),
+                     "fps": stat(lambda x: x["fps"])})
+    at: dict[str, dict[str, dict[str, float]]] = {}
+    for p in dict.fromkeys(x["policy"] for x in rows):
+        mine = [x for x in rows if x["policy"] == p and x["valid"]]
+        at[p] = {key: {label: interpolate_at([(x["compute_share"][0], x[key][0]) for x in mine], share) for label, share in SHARES.items()}
+                 for key in ("mean", "informative")}
+    curve = result["hold_last_curve"]
+    at["hold-last (exact, k=1..16)"] = {key: {label: interpolate_at([(c["compute_share"], c[key]) for c in curve], share)
+                                              for label, share in SHARES.items()} for key in ("mean", "informative")}
+    return {"rows": rows, "at": at}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = res["runs"]
-    budgets = list(dict.fromkeys(r["budget"] for r in runs))
-    policies = list(dict.fromkeys(r["policy"] for r in runs))
-
-    def by(key: str) -> dict[str, list[float]]:
-        return {p: [next((r[key] for r in runs if r["policy"] == p and r["budget"] == b), np.nan) for b in budgets] for p in policies}
-
-    for key, title, fname in [("mean", "mean accuracy (all models)", "accuracy_vs_budget.png"),
-                              ("mean_informative", "mean accuracy (informative targets)", "accuracy_informative_vs_budget.png"),
-                              ("compute_saved", "compute saved vs all", "compute_saved.png"),
-                              ("fps", "frames per second", "fps.png"),
-                              ("overhead_share", "overhead share of the scheduler time (not models)", "overhead.png")]:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for p, ys in by(key).items():
-            ax.plot(budgets, ys, marker="o", label=p)
-        if key in ("fps",):
-            ax.axhline(res["reference"]["fps"], color="k", ls="--", label="all")
-        ax.set_xlabel("budget")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=110)
-        plt.close(fig)
-    names = res["models"]
-    fig, axes = plt.subplots(len(budgets), 1, figsize=(10, 3.2 * len(budgets)), squeeze=False)
-    w = 0.8 / max(len(policies), 1)
-    for bi, b in enumerate(budgets):
-        ax = axes[bi][0]
-        for pi, p in enumerate(policies):
-            row = next((r for r in runs if r["policy"] == p and r["budget"] == b), None)
-            if row:
-                ax.bar(np.arange(len(names)) + pi * w, [row["acc"].get(m, np.nan) for m in names], w, label=p)
-        ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2, names, rotation=20, fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"per-model accuracy at budget {b}")
-        ax.legend(fontsize=7, ncol=6, loc="lower left", framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(out_dir / "per_model.png", dpi=110)
-    plt.close(fig)

@@ -271,8 +271,9 @@ def cmd_decoder(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from links.budget import parse_budget
     from links.policies import POLICIES
-    from pipeline.app.bench import format_table, run_bench
-    from pipeline.config import load_config
+    from pipeline.app.bench import BenchOptions, run_bench
+    from pipeline.app.bench_report import format_tables
+    from pipeline.config import SchedulerConfig, load_config
     from pipeline.video import open_source
 
     base = load_config(a.config) if a.config else None
@@ -286,10 +287,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
             parse_budget(b)
         except ValueError as exc:
             raise UserError(f"--budgets: {exc}") from None
+    if a.repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    probe = Config(cameras={}, scheduler=SchedulerConfig())  # the period options, validated as in cameras.yaml
+    probe.override_scheduler("--period/--cold-start/--profile-fraction", period_frames=a.period, cold_start_frames=a.cold_start,
+                             profile_fraction=a.profile_fraction)
+    if a.warm_links is not None and not 0 < a.warm_links < 1:
+        raise UserError("--warm-links must be a fraction between 0 and 1")
     for v in a.videos:
         open_source(v).close()
-    res = run_bench(a.videos, budgets, policies, a.out, config=base, redis_url=a.redis, train_frac=a.train_frac, period_frames=a.period)
-    print(format_table(res))
+    opts = BenchOptions(a.videos, budgets, policies, a.out, config=base, redis_url=a.redis, fps=a.fps, repeats=a.repeats,
+                        concat=a.concat, warm_links=a.warm_links, period_frames=a.period, profile_fraction=a.profile_fraction,
+                        cold_start_frames=a.cold_start, command=["mlink", *sys.argv[1:]])
+    res = run_bench(opts)
+    print(format_tables(res))
     print(f"\nwritten: {a.out}/bench.md, bench.json and PNG plots")
     return ExitCode.OK
 
@@ -364,15 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis", required=True)
     s.set_defaults(func=cmd_decoder)
 
-    s = sub.add_parser("bench", help="replay footage once per policy and budget; accuracy vs budget table and plots")
+    s = sub.add_parser("bench", help="every policy at every budget through the real pipeline, compared at equal measured compute")
     s.add_argument("videos", nargs="+", metavar="VIDEO")
-    s.add_argument("--budgets", required=True, help="comma-separated, e.g. 33%%,50%%")
+    s.add_argument("--budgets", required=True, help="comma-separated, e.g. 15%%,25%%,33%%,50%% (bracket 1/5 and 1/3 of all's compute)")
     s.add_argument("--policies", default="standalone,prior,hold-last,reducto,mlink,ours")
     s.add_argument("--out", type=Path, required=True, help="output directory")
     s.add_argument("--config", help="take models and settings from this config")
     s.add_argument("--redis")
-    s.add_argument("--train-frac", type=float, default=0.5, help="first part of each clip used to train links")
-    s.add_argument("--period", type=int, default=200, help="frames per adaptation period")
+    s.add_argument("--fps", type=float, help="sample the footage to this rate (default: every frame)")
+    s.add_argument("--repeats", type=int, default=1, help="runs per policy and budget, each with another link-training seed")
+    s.add_argument("--concat", action="store_true", help="play the clips back to back as ONE camera (a scene change at each boundary)")
+    s.add_argument("--warm-links", type=float, metavar="FRACTION",
+                   help="upper bound, not production: seed links trained on the first FRACTION of each clip and evaluate the rest")
+    s.add_argument("--period", type=int, default=100, help="frames per adaptation period (default 100)")
+    s.add_argument("--cold-start", type=int, default=60, help="frames every model runs on before links exist (default 60)")
+    s.add_argument("--profile-fraction", type=float, default=0.05, help="share of each period's frames profiled with every model (default 0.05)")
     s.set_defaults(func=cmd_bench)
 
     cli_links.add_parsers(sub)
