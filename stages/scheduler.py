@@ -17,11 +17,14 @@ I/O that survives the field:
 - Redis Cluster: every key of one camera shares the hash tag ``{cam}``. On a
   cluster client the worker reads camera by camera (multi-key XREADGROUP would
   be CROSSSLOT): one non-blocking round-robin pass, then one short blocking read
-  when nothing was waiting. Writes go through one MULTI/EXEC pipeline per camera
-  (record XADD + XACK + XDEL + metric counters), so a record exists iff its frame
-  is acked; on a single server all cameras share one MULTI/EXEC.
+  when nothing was waiting.
+- Exactly one record per frame: a camera's writes are one Lua script (all its keys
+  share a slot) that, per frame, XACKs and only if that acknowledged it (returned 1)
+  XADDs the record, XDELs the frame and counts it. A worker too slow for
+  ``claim_idle_ms`` whose frames another worker reclaimed and recorded meanwhile finds
+  them acked and writes nothing: a record exists iff its frame was acked, once.
 - Metrics: per-camera counters (``metrics:{cam}`` hash, see
-  :mod:`pipeline.metrics`) are incremented in the same transaction as the
+  :mod:`pipeline.metrics`) are incremented in the same script as the
   records, so they survive worker restarts and add up across hosts.
 - Live cameras: a frame older than the camera's ``max_lag_s`` when a worker reads
   it is skipped (acked, deleted, counted as ``skipped``) without decoding it, so a
@@ -81,6 +84,42 @@ CAMERA_ERRORS: tuple[type[BaseException], ...] = (UserError, LinksError)
 
 Entry = tuple[str, bytes, dict[bytes, bytes]]  # (frames key, entry id, fields)
 
+# KEYS: frames, results, metrics of ONE camera. ARGV: group, results maxlen, n, then n x
+# (entry id, frame, record json, counters), then m, m x (entry id, counter), then extra counters.
+# Counters are "field=n,field=n". Returns how many records were written.
+_WRITE_LUA = """
+local group, maxlen = ARGV[1], ARGV[2]
+local function count(spec)
+  for f, n in string.gmatch(spec, '([^=,]+)=(%d+)') do redis.call('HINCRBY', KEYS[3], f, tonumber(n)) end
+end
+local i, written = 4, 0
+for _ = 1, tonumber(ARGV[3]) do
+  local eid, frame, rec, counters = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  if redis.call('XACK', KEYS[1], group, eid) == 1 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'frame', frame, 'json', rec)
+    redis.call('XDEL', KEYS[1], eid)
+    count(counters)
+    written = written + 1
+  end
+end
+local m = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, m do
+  if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    redis.call('HINCRBY', KEYS[3], ARGV[i + 1], 1)
+  end
+  i = i + 2
+end
+count(ARGV[i])
+return written
+"""
+
+
+def _counters(counts: dict[str, int]) -> str:
+    return ",".join(f"{k}={n}" for k, n in counts.items() if n)
+
 
 @dataclass
 class CameraState:
@@ -97,6 +136,7 @@ class WorkerStats:
     bad_frames: int = 0
     skipped: int = 0  # live frames older than max_lag_s, acked without processing
     reclaimed: int = 0
+    duplicates_avoided: int = 0  # records not written: another worker had reclaimed and recorded the frame
     redis_errors: int = 0  # connection failures survived (Redis restarts...)
     model_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -136,6 +176,7 @@ class Worker:
         self._reclaimed_by_cam: dict[str, int] = {}
         self._rr = 0  # round-robin start for per-camera reads (cluster)
         self.cluster = is_cluster(r)
+        self._write_script = r.register_script(_WRITE_LUA)
 
     # -------------------------------------------------------------- cameras
     def refresh_cameras(self, force: bool = False) -> None:
@@ -366,44 +407,34 @@ class Worker:
 
     def _write(self, built: list[tuple[str, bytes, FrameMsg, CameraState, dict[str, Any]]], worker_ms: float,
                done_bad: list[tuple[str, bytes]], skipped: list[tuple[str, bytes]]) -> None:
-        """Records, acks and counters in one MULTI/EXEC per camera on a cluster (one slot
-        each), one for all on a single server: a record exists iff its frame is acked and deleted."""
-        pipes: dict[str, Any] = {}
-
-        def pipe_for(cam: str) -> Any:
-            k = cam if self.cluster else ""
-            if k not in pipes:
-                pipes[k] = self.r.pipeline(transaction=True)
-            return pipes[k]
-
-        counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        """Records, acks and counters, one atomic script per camera (one slot: all its keys
+        share the hash tag). A frame's record is written only by the worker whose XACK
+        acknowledged it: a worker that was too slow and whose frames another worker
+        reclaimed meanwhile writes nothing for them, so every frame has exactly one record."""
+        per_cam: dict[str, list[tuple[bytes, str, str, str]]] = defaultdict(list)
+        acks: dict[str, list[tuple[bytes, str]]] = defaultdict(list)
         for key, eid, msg, cs, rec in built:
             rec["latency_ms"]["worker"] = worker_ms
-            pipe = pipe_for(cs.name)
-            # The record goes to the stream the frame came from (same slot as the frame).
-            pipe.xadd(results_key(cs.name), {"frame": msg.frame, "json": json.dumps(rec, separators=(",", ":"))},
-                      maxlen=cs.results_max_len, approximate=True)
-            pipe.xack(key, GROUP, eid)
-            pipe.xdel(key, eid)
-            c = counts[cs.name]
-            c["processed"] += 1
+            counts: dict[str, int] = defaultdict(int)
+            counts["processed"] = 1
             for m, o in rec["outputs"].items():
-                c[count_origin(o["origin"], m)] += 1
+                counts[count_origin(o["origin"], m)] += 1
+            per_cam[cs.name].append((eid, str(msg.frame), json.dumps(rec, separators=(",", ":")), _counters(counts)))
         for field_name, done in (("bad_frames", done_bad), ("skipped", skipped)):
             for key, eid in done:
-                cam = camera_of(key)
-                pipe = pipe_for(cam)
-                pipe.xack(key, GROUP, eid)
-                pipe.xdel(key, eid)
-                counts[cam][field_name] += 1
-        for cam, c in counts.items():
-            if reclaimed_n := self._reclaimed_by_cam.pop(cam, 0):
-                c["reclaimed"] += reclaimed_n
-            pipe = pipe_for(cam)
-            for f, n in c.items():
-                pipe.hincrby(metrics_key(cam), f, n)
-        for pipe in pipes.values():
-            pipe.execute()
+                acks[camera_of(key)].append((eid, field_name))
+        for cam in set(per_cam) | set(acks) | set(self._reclaimed_by_cam):
+            recs, plain = per_cam.get(cam, []), acks.get(cam, [])
+            cs = self.cameras.get(cam)
+            argv: list[Any] = [GROUP, cs.results_max_len if cs else 100_000, len(recs)]
+            for r in recs:
+                argv.extend(r)
+            argv.append(len(plain))
+            for eid, f in plain:
+                argv.extend((eid, f))
+            argv.append(_counters({"reclaimed": self._reclaimed_by_cam.pop(cam, 0)}))
+            written = self._write_script(keys=[frames_key(cam), results_key(cam), metrics_key(cam)], args=argv)
+            self.stats.duplicates_avoided += len(recs) - int(written)
 
     def build_record(
         self,

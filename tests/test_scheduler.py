@@ -106,3 +106,26 @@ def test_bad_frame_entry_is_reported_and_skipped(r: redis.Redis, gif23: Path) ->
     assert "corrupt JPEG" in errs[0]["reason"] and "lacks field(s)" in errs[1]["reason"]
     assert all(e["reason"].startswith("camera bad: bad frame entry") for e in errs)
     assert r.xlen(frames_key("bad")) == 0
+
+
+def test_a_worker_too_slow_for_its_frames_does_not_record_them_twice(r: redis.Redis, gif23: Path) -> None:
+    """Worker A reads 8 frames and stalls past claim_idle_ms; B reclaims and records them;
+    when A finally finishes, its script finds them acked and writes nothing."""
+    import time
+
+    decode_into_redis(r, "slow", gif23)
+    a = Worker(r, batch=8, block_ms=50, name="a", claim_idle_ms=50)
+    a.refresh_cameras(force=True)
+    stale = a._read()
+    assert len(stale) == 8
+    time.sleep(0.1)  # longer than claim_idle_ms: A looks dead
+    b = Worker(r, batch=8, block_ms=50, name="b", claim_idle_ms=50)
+    b.refresh_cameras(force=True)
+    reclaimed = b._reclaim()
+    assert sorted(e[1] for e in reclaimed) == sorted(e[1] for e in stale)
+    b.process(reclaimed)
+    a.process(stale)  # A wakes up with the same frames
+    recs = records(r, "slow")
+    assert sorted(x["frame"] for x in recs) == list(range(8)) and {x["worker"] for x in recs} == {"b"}
+    assert a.stats.duplicates_avoided == 8 and b.stats.duplicates_avoided == 0
+    assert int(r.hget("metrics:{slow}", "processed")) == 8 and int(r.hget("metrics:{slow}", "reclaimed")) == 8
