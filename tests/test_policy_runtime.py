@@ -64,10 +64,10 @@ def test_cold_start_then_budgeted_with_provenance(r: redis.Redis, gif35: Path, p
     assert [x["frame"] for x in recs] == list(range(n))  # one record per frame, in order
     cold = [x for x in recs if x["policy"].get("phase") == "cold-start"]
     budgeted = [x for x in recs if x["policy"].get("phase") == "budgeted"]
-    # The first 12 frames profile with every model. A record describes the plan in
-    # force when it is written: the 12th frame (it completes the sample and triggers
-    # training) already shows the new plan, and the rest of its batch was decided cold.
-    assert len(cold) == 11
+    # The first 12 frames profile with every model, and their records say so: a record
+    # describes the phase its frame was DECIDED in (the 12th frame completes the sample and
+    # triggers training, but it ran every model as a cold-start frame).
+    assert len(cold) == 12
     assert all(set(x["policy"]["active"]) == set(MODELS) for x in recs[:12])
     assert len(budgeted) == n - len(cold) and budgeted
     limit = 0.25 * sum(c.ms for c in COSTS.values())
@@ -112,8 +112,11 @@ def test_reselection_and_adaptation_on_schedule(r: redis.Redis, gif35: Path) -> 
     budgeted = [x for x in _records(r, "cam") if x["policy"].get("phase") == "budgeted"]
     versions = [x["policy"].get("links_version") for x in budgeted]
     assert versions == sorted(versions)
-    # every plan's links were published once, as the next version, and records carry them
-    assert sorted(set(versions)) == list(range(1, st.plans_made + 1))
+    # every plan's links were published once, as the next version, and records carry them (the
+    # first plan can be superseded before a frame is decided with it: the cold start's last batch
+    # ran every model, and the first period starts right after it)
+    assert set(versions) <= set(range(1, st.plans_made + 1)) and max(versions) == st.plans_made
+    assert len(set(versions)) >= st.plans_made - 1
     assert int(r.hget(links_key("cam"), "version")) == st.link_version == st.plans_made
     # every completed period profiled: some frame in it ran every model
     prof = {x["frame"] for x in budgeted if set(x["policy"]["active"]) == set(MODELS)}
