@@ -39,7 +39,7 @@ def default_gate() -> Arrays:
 # ------------------------------------------------------------------ sample helpers
 def encoded(samples: AlignedSamples, view: View) -> np.ndarray:
     """Raw encoded views of one model over all samples (cached on the samples)."""
-    key = ("enc", view.meta.name, view.grid, view.scalar_grid)
+    key = ("enc", *view.cache_key)
     if key not in samples.cache:
         samples.cache[key] = view.encode_many(samples.outputs[view.meta.name])
     return samples.cache[key]

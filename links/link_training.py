@@ -18,7 +18,6 @@ from links import nets
 from links.errors import LinksError
 from links.link_state import N_BUCKETS, Arrays, LinkState, LinkT, age_bucket, default_gate, encoded, held_index
 from links.metrics import correct
-from links.outputs import OutputKind
 from links.samples import AlignedSamples
 from links.views import View, make_view
 
@@ -65,7 +64,7 @@ def train(
     ens_epochs = epochs if ens_epochs is None else ens_epochs
     views = []
     for m in samples.models:
-        v = make_view(m, samples.outputs[m.name][0])
+        v = make_view(m, samples.outputs[m.name][0], outputs=samples.outputs[m.name])
         v.fit(encoded(samples, v))
         views.append(v)
     priors = {v.meta.name: _prior_vector(v, encoded(samples, v)) for v in views}
@@ -292,7 +291,7 @@ def _prior_vector(view: View, vecs: np.ndarray) -> np.ndarray:
     """Encoded view of the target's most common value (median for scalars)."""
     if not len(vecs):
         return np.zeros(view.dim, np.float32)
-    if view.kind is OutputKind.DETECTIONS:
+    if view.kind.has_boxes:
         c = view.n_classes
         keys, inv, cnt = np.unique(np.rint(vecs[:, :c]).astype(np.int64), axis=0, return_inverse=True, return_counts=True)
         mode = keys[np.argmax(cnt)]
@@ -301,8 +300,8 @@ def _prior_vector(view: View, vecs: np.ndarray) -> np.ndarray:
         out[:c] = mode
         out[c : 2 * c] = mode > 0
         return out.astype(np.float32)
-    if view.kind is OutputKind.PROBS:
+    if view.kind.has_probs:
         lab = vecs.argmax(axis=1)
-        mode = np.bincount(lab, minlength=view.n_classes).argmax()
+        mode = np.bincount(lab, minlength=vecs.shape[1]).argmax()
         return vecs[lab == mode].mean(axis=0).astype(np.float32)
     return np.median(vecs, axis=0).astype(np.float32)

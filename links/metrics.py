@@ -4,9 +4,11 @@
 single-output :func:`model_accuracy`, the vectorised scores in ``links.linkset``,
 the report and the benchmark all go through it.
 
-- detections: correct when every per-class count is within 0.5 of the true count
-  (|pred - true| < 0.5 per class, hence also in total);
-- probs: top-1 label agreement;
+- detections, segmentation, keypoints (the box kinds): correct when every per-class
+  count is within 0.5 of the true count (|pred - true| < 0.5 per class, hence also in
+  total); a segmentation's mask coverage and a pose model's visible keypoints are
+  reported and derived, but agreement is about what is there, i.e. the counts;
+- probs and topk: top-1 label agreement (topk fields carry the label index itself);
 - scalar: correct when |pred - true| <= max(0.005, 0.10 * |true|) (10 % relative with a
   small absolute floor, so a "no motion" 0.0 is matched by anything under 0.005).
   The scalars of the default zoo are fractions (foreground, edge pixels) in [0, 1].
@@ -30,11 +32,13 @@ def scalar_tolerance(true: np.ndarray | float) -> np.ndarray:
 
 def correct(kind: OutputKind, pred: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> np.ndarray:
     """Per-row 0/1 correctness from metric fields (``counts`` / ``probs`` / ``value``)."""
-    if kind is OutputKind.DETECTIONS:
+    if kind.has_boxes:
         p = np.asarray(pred["counts"], np.float64)
         t = np.asarray(true["counts"], np.float64)
         return np.all(np.abs(p - t) < 0.5, axis=1)
-    if kind is OutputKind.PROBS:
+    if "label" in true and "label" in pred:  # topk: class indices
+        return np.asarray(pred["label"]) == np.asarray(true["label"])
+    if kind.has_probs:
         return np.argmax(pred["probs"], axis=1) == np.argmax(true["probs"], axis=1)
     p = np.asarray(pred["value"], np.float64)
     t = np.asarray(true["value"], np.float64)
@@ -42,9 +46,9 @@ def correct(kind: OutputKind, pred: dict[str, np.ndarray], true: dict[str, np.nd
 
 
 def _fields(o: ModelOutput, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
-    if o.kind is OutputKind.DETECTIONS:
+    if o.kind.has_boxes:
         return {"counts": np.array([[o.counts.get(c, 0) for c in classes]], np.float64)}
-    if o.kind is OutputKind.PROBS:
+    if o.kind.has_probs:
         return {"probs": np.asarray(o.probs, np.float64).reshape(1, -1)}
     return {"value": np.array([o.value], np.float64)}
 
@@ -114,7 +118,7 @@ def box_f1(pred: ModelOutput, true: ModelOutput, thr: float = 0.5) -> float:
 def agreement(pred: ModelOutput, true: ModelOutput) -> dict[str, Any]:
     """All link metrics of one prediction against the target model's own output."""
     res: dict[str, Any] = {"accuracy": model_accuracy(pred, true)}
-    if true.kind is OutputKind.DETECTIONS:
+    if true.kind.has_boxes:
         pc, tc = pred.counts, true.counts
         per = {c: abs(pc.get(c, 0) - tc[c]) < 0.5 for c in true.classes}
         res.update(
@@ -125,7 +129,7 @@ def agreement(pred: ModelOutput, true: ModelOutput) -> dict[str, Any]:
             abs_count_err=float(abs(pred.count - true.count)),
             box_f1=box_f1(pred, true),
         )
-    elif true.kind is OutputKind.PROBS:
+    elif true.kind.has_probs:
         res["top1"] = pred.label == true.label
     else:
         assert pred.value is not None and true.value is not None

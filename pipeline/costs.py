@@ -2,10 +2,18 @@
 
 Budgets are checked against what models cost HERE (2 CPU cores and a 720p
 frame are a different world from a GPU), so costs are measured, never typed
-in: milliseconds per frame (median of timed batches after a warm-up), resident
-memory added by loading and running the model, and on CUDA the peak GPU memory
-allocated during a forward pass. Results are cached per (model spec, device,
-frame size) in ``$MLINK_HOME/costs.json``; ``--remeasure`` refreshes them.
+in, on the device each model runs on:
+
+- ``ms``: milliseconds per frame, the median of timed batches after a warm-up (the batch
+  is the measuring frames, like a worker's read of several frames);
+- ``mem_mb``: memory the model holds: its weights (parameters and buffers, or the ONNX
+  file) plus the resident memory its forward passes added;
+- ``gpu_mb`` (CUDA only, else 0): the model's weights on the GPU plus the peak CUDA memory
+  its forward passes allocated on top (torch's allocator; for ONNX Runtime the drop in the
+  device's free memory). What a ``gpu:NNNNMB`` budget is checked against.
+
+Results are cached per (model spec, device, frame size) in ``$MLINK_HOME/costs.json``;
+``--remeasure`` refreshes them. Each model's cost is also set on the model (``Model.cost``).
 """
 
 from __future__ import annotations
@@ -27,17 +35,19 @@ from pipeline.errors import UserError
 from pipeline.home import mlink_home
 from pipeline.keys import COSTS_KEY
 from pipeline.video import sample_images
-from pipeline.zoo import Model, build_models, current_device
+from pipeline.zoo import Model, build_models
 
 
 @dataclass
 class MeasuredCost:
     name: str
     ms: float  # per frame, on this device
-    mem_mb: float  # resident memory added by the model
-    gpu_mb: float  # peak CUDA memory during a forward pass (0 on CPU)
+    mem_mb: float  # weights + resident memory added by running the model
+    gpu_mb: float  # weights on the GPU + peak CUDA memory of a forward pass (0 on CPU)
     device: str
-    frames: int  # frames timed
+    frames: int  # frames timed per batch
+    runtime: str = ""
+    kind: str = ""
 
 
 def _rss_mb() -> float:
@@ -49,43 +59,80 @@ def _rss_mb() -> float:
         return 0.0
 
 
+def weights_mb(model: Model) -> float:
+    """Memory of the model's weights: torch parameters and buffers, or the ONNX file."""
+    total = 0
+    for attr in ("_net", "_sess"):
+        obj = getattr(model, attr, None)
+        if obj is None:
+            continue
+        mod = getattr(obj, "model", obj)  # an ultralytics YOLO wraps its torch module
+        if hasattr(mod, "parameters") and hasattr(mod, "buffers"):
+            try:
+                total += sum(t.numel() * t.element_size() for t in list(mod.parameters()) + list(mod.buffers()))
+            except Exception:
+                pass
+        elif attr == "_sess" and getattr(model, "path", None) is not None:
+            total += os.path.getsize(model.path)
+    return total / 2**20
+
+
 def spec_key(spec: Any, device: str, shape: tuple[int, ...]) -> str:
     body = json.dumps(spec.model_dump(mode="json"), sort_keys=True) if hasattr(spec, "model_dump") else repr(spec)
     return hashlib.sha1(f"{body}|{device}|{shape[:2]}".encode()).hexdigest()[:16]
 
 
-def measure_model(model: Model, frames: Sequence[np.ndarray], repeats: int = 3) -> MeasuredCost:
-    device = current_device()
-    gc.collect()
-    before = _rss_mb()
-    gpu_before = 0.0
-    if device == "cuda":
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
         import torch
 
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        gpu_before = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.synchronize(device)
+
+
+def measure_model(model: Model, frames: Sequence[np.ndarray], repeats: int = 3, batch: int | None = None) -> MeasuredCost:
+    """Time ``model`` on ``frames`` in batches of ``batch`` (default: all frames at once)."""
     model.load()
+    device = model.device
+    cuda = device.startswith("cuda")
+    frames = list(frames)
+    batch = batch or len(frames)
+    batches = [frames[i : i + batch] for i in range(0, len(frames), batch)] or [frames]
+    gc.collect()
+    before = _rss_mb()
+    torch_mod: Any = None
+    free_before = 0
+    if cuda:
+        import torch
+
+        torch_mod = torch
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        alloc_before = torch.cuda.memory_allocated(device)
+        free_before = torch.cuda.mem_get_info(device)[0]
     cams = ["__measure__"] * len(frames)
-    model.predict(list(frames[:2]), cams[:2])  # warm-up (lazy init, caches)
+    model.predict(batches[0][: max(1, min(2, len(batches[0])))], cams[:2])  # warm-up (lazy init, caches, cuDNN autotune)
+    model.predict(batches[0], cams[: len(batches[0])])
+    _sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        model.predict(list(frames), cams)
-        if device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
+        for b in batches:
+            model.predict(b, cams[: len(b)])
+        _sync(device)
         times.append((time.perf_counter() - t0) * 1000 / len(frames))
+    w = weights_mb(model)
     gpu = 0.0
-    if device == "cuda":
-        import torch
-
-        gpu = max(0.0, torch.cuda.max_memory_allocated() / 2**20 - gpu_before)
-    mem = max(0.0, _rss_mb() - before)
+    if cuda:
+        peak_torch = (torch_mod.cuda.max_memory_allocated(device) - alloc_before) / 2**20
+        free_drop = (free_before - torch_mod.cuda.mem_get_info(device)[0]) / 2**20
+        extra = peak_torch if model.runtime == "torch" else max(peak_torch, free_drop)
+        gpu = w + max(0.0, extra)
+    mem = (0.0 if cuda else w) + max(0.0, _rss_mb() - before)
     if hasattr(model, "_subs"):
         model._subs.pop("__measure__", None)  # measurement must not seed a real camera's state
-    return MeasuredCost(model.name, float(np.median(times)), mem, gpu, device, len(frames))
+    cost = MeasuredCost(model.name, float(np.median(times)), mem, gpu, device, len(batches[0]), model.runtime, model.kind.value)
+    model.cost = cost
+    return cost
 
 
 class CostCache:
@@ -117,7 +164,6 @@ def measure_all(
 ) -> dict[str, MeasuredCost]:
     """Costs for every model, from the cache unless ``remeasure``."""
     cache = CostCache()
-    device = current_device()
     out: dict[str, MeasuredCost] = {}
     items: Iterable[str] = list(models)
     if progress:
@@ -125,11 +171,13 @@ def measure_all(
 
         items = tqdm(list(models), desc="measuring models", unit="model")
     for name in items:
-        key = spec_key(specs[name], device, frames[0].shape)
+        m = models[name]
+        key = spec_key(specs[name], m.device, frames[0].shape)
         cached = None if remeasure else cache.get(key)
         if cached is None:
-            cached = measure_model(models[name], frames)
+            cached = measure_model(m, frames)
             cache.put(key, cached)
+        m.cost = cached
         out[name] = cached
     return out
 
@@ -151,7 +199,8 @@ def load_costs(r: redis.Redis | None, models: list[str]) -> dict[str, ModelCost]
 
 def store_costs(r: redis.Redis, costs: dict[str, Any]) -> None:
     """Publish measured costs so every worker on every host plans with the same numbers."""
-    r.hset(COSTS_KEY, mapping={m: json.dumps({"ms": c.ms, "mem_mb": c.mem_mb, "gpu_mb": c.gpu_mb}) for m, c in costs.items()})
+    r.hset(COSTS_KEY, mapping={m: json.dumps({"ms": c.ms, "mem_mb": c.mem_mb, "gpu_mb": c.gpu_mb, "device": getattr(c, "device", "")})
+                               for m, c in costs.items()})
 
 
 def measure_config_costs(cfg: Config, r: redis.Redis, *, check_budget: bool, remeasure: bool = False) -> dict[str, MeasuredCost]:
@@ -161,7 +210,7 @@ def measure_config_costs(cfg: Config, r: redis.Redis, *, check_budget: bool, rem
     files = cam.files(cfg.base_dir)
     src = str(files[0]) if files else default_sample()
     frames = sample_images(src, 6, resize=cam.resize)
-    costs = measure_all(build_models(specs.values()), specs, frames, remeasure=remeasure, progress=True)
+    costs = measure_all(build_models(list(specs.values())), specs, frames, remeasure=remeasure, progress=True)
     store_costs(r, costs)
     if check_budget and cfg.scheduler.budget:
         mc = {n: ModelCost(n, c.ms, c.mem_mb, c.gpu_mb) for n, c in costs.items()}

@@ -15,6 +15,8 @@ key                    type    what it holds (writer)
 ``status:{cam}``       stream  status events: started, eos, error, failed, ... (all stages)
 ``links:{cam}``        hash    versioned link state and plan shared by workers (worker)
 ``metrics:{cam}``      hash    counters kept in the data's own transactions (all stages)
+``preview:{cam}``      hash    the newest recorded frame for the web view: ``frame``, ``jpeg``,
+                               ``json`` (its record); one entry, overwritten (worker)
 =====================  ======  ==============================================================
 """
 
@@ -26,7 +28,7 @@ GROUP = "scheduler"  # the consumer group of every frames stream
 CAMERAS_KEY = "mlink:cameras"
 COSTS_KEY = "mlink:costs"
 
-_PER_CAMERA = ("camera", "frames", "results", "status", "links", "metrics")
+_PER_CAMERA = ("camera", "frames", "results", "status", "links", "metrics", "preview")
 _KEY_RE = re.compile(r"^(?P<kind>[a-z]+):\{(?P<cam>[^{}]+)\}$")
 
 
@@ -57,6 +59,11 @@ def links_key(cam: str) -> str:
 
 def metrics_key(cam: str) -> str:
     return _key("metrics", cam)
+
+
+def preview_key(cam: str) -> str:
+    """The newest recorded frame (JPEG) with its record, for the web view: one entry, bounded."""
+    return _key("preview", cam)
 
 
 def camera_keys(cam: str) -> list[str]:

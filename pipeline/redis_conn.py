@@ -17,13 +17,16 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import redis
 import redis.cluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from pipeline.errors import UserError
+from pipeline.backoff import Backoff
+from pipeline.errors import UserError, say_stderr
 from pipeline.home import mlink_home
 
 
@@ -42,6 +45,16 @@ def redact(url: str) -> str:
 class RedisUnavailable(UserError):
     """Redis cannot be reached (yet): a supervisor should retry, not give up."""
 
+
+# What redis-py itself raises when the server is away (the guarded client retries these).
+_RETRYABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 # The one set of errors that mean "Redis is (temporarily) away": every stage retries
 # on these (with :class:`pipeline.backoff.Backoff`) and never treats them as fatal.
@@ -64,6 +77,52 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
+class GuardedRetry(Retry):
+    """redis-py's retry hook, made the pipeline's one Redis guard: every command of a guarded
+    client that fails because Redis is away (restarting, unreachable) is retried with
+    :class:`pipeline.backoff.Backoff` until Redis is back, saying so once when the outage
+    starts and once when it ends (:class:`Outage`), instead of raising. ``should_stop``
+    lets a stopping process give up (the error is raised then).
+
+    Only for clients that have connected once: a wrong URL at start-up is still a one-line
+    error, not a wait (see :func:`guard`).
+    """
+
+    def __init__(self, outage: "Outage", should_stop: Callable[[], bool] = lambda: False,
+                 backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(NoBackoff(), -1, _RETRYABLE)
+        self.outage, self.should_stop, self.sleep = outage, should_stop, sleep
+        self.backoff = backoff or Backoff(initial=0.1, maximum=2.0)
+
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any], is_retryable: Callable[[Exception], bool] | None = None,
+                        with_failure_count: bool = False) -> Any:
+        failures = 0
+        while True:
+            try:
+                result = do()
+            except self._supported_errors as error:
+                if is_retryable and not is_retryable(error):
+                    raise
+                failures += 1
+                fail(error, failures) if with_failure_count else fail(error)
+                if self.should_stop():
+                    raise
+                self.outage.down(error)
+                self.sleep(self.backoff.next_delay())
+                continue
+            if self.outage.since is not None:
+                self.backoff.reset()
+                self.outage.up()
+            return result
+
+
+def guard(client: Any, who: str, *, say: Callable[[str], None] = say_stderr, should_stop: Callable[[], bool] = lambda: False,
+          on_back: Callable[[float], None] | None = None) -> Any:
+    """Make every later command of ``client`` wait out a Redis outage (see :class:`GuardedRetry`)."""
+    client.set_retry(GuardedRetry(Outage(who, say, on_back=on_back), should_stop))
+    return client
+
+
 class Outage:
     """One process's view of a Redis outage: says when it starts and when it ends, once each.
 
@@ -72,8 +131,10 @@ class Outage:
     at the end ("redis back after N s"). The clock is injected for tests.
     """
 
-    def __init__(self, who: str, say: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, who: str, say: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
+                 on_back: Callable[[float], None] | None = None) -> None:
         self.who, self.say, self.clock = who, say, clock
+        self.on_back = on_back  # e.g. a status event once Redis can take one again
         self.since: float | None = None
         self.count = 0  # outages seen
 
@@ -90,6 +151,8 @@ class Outage:
         down_s = self.clock() - self.since
         self.since = None
         self.say(f"mlink: {self.who}: redis back after {down_s:.1f}s")
+        if self.on_back is not None:
+            self.on_back(down_s)
         return down_s
 
 

@@ -33,11 +33,31 @@ from pipeline.keys import (
     status_key,
 )
 from pipeline.metrics import count_dropped, count_status
-from pipeline.redis_conn import REDIS_DOWN, connect
+from pipeline.redis_conn import REDIS_DOWN, connect, guard
 from pipeline.registry import failed_reason, register_camera
 from pipeline.streams import FrameMsg, encode_frame, status_event
 from pipeline.video import source_label
 from stages.live_source import LiveSource, RedisGuard, source_options
+
+# KEYS: frames:{cam}, camera:{cam}. ARGV: frame index, next_frame after it, source position,
+# live MAXLEN (0 = replay: no trimming), then the frame's field/value pairs. Sends the frame
+# once: a write retried after a lost reply finds next_frame already past it (returns -1).
+# Returns 1 when the live bound trimmed an unread frame, else 0.
+_SEND_LUA = """
+local sent = tonumber(redis.call('HGET', KEYS[2], 'next_frame') or '0')
+if sent > tonumber(ARGV[1]) then return -1 end
+local maxlen = tonumber(ARGV[4])
+local trimmed = 0
+if maxlen > 0 then
+  if redis.call('XLEN', KEYS[1]) >= maxlen then trimmed = 1 end
+  redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, '*', unpack(ARGV, 5))
+else
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+end
+redis.call('HSET', KEYS[2], 'next_frame', ARGV[2], 'source_pos', ARGV[3])
+if trimmed == 1 then redis.call('HINCRBY', KEYS[2], 'dropped', 1) end
+return trimmed
+"""
 
 
 class _GivenUp(Exception):
@@ -53,7 +73,16 @@ class Decoder:
         self.sent = 0
         self.dropped = 0
         self._room = 0  # frames that may still be sent before asking Redis again
+        self._send_script = r.register_script(_SEND_LUA)
         self._next_failed_check = 0.0
+
+    def guarded(self) -> "Decoder":
+        """A replay camera waits out a Redis outage on every call (backpressure, registration,
+        status), then re-registers (Redis may have come back empty). A live camera keeps an
+        unguarded client: while Redis is away it drops frames (counted) instead of waiting."""
+        if self.cam.mode is Mode.REPLAY:
+            guard(self.r, f"decoder {self.cam.name}", should_stop=self.should_stop, on_back=lambda down_s: self._redis_restored(0, down_s))
+        return self
 
     def status(self, event: str, **info: object) -> None:
         try:
@@ -63,9 +92,14 @@ class Decoder:
             pass  # Redis away: the source keeps going; RedisGuard reports the outage when it is back
 
     def _redis_restored(self, dropped: int, down_s: float) -> None:
-        register_camera(self.r, self.cam)  # Redis may have come back empty
+        # Redis may have come back empty (no persistence): the registration is the marker.
+        reset = not self.r.hexists(camera_key(self.cam.name), "models")
+        register_camera(self.r, self.cam)
         if dropped:
             count_dropped(self.r, self.cam.name, dropped)
+        if reset:
+            self.status("redis_reset", reason=f"redis came back empty after {down_s:.1f}s: the frames, records and links it held for "
+                        "this camera are gone; registration and consumer group recreated")
         self.status("redis_restored", reason=f"redis back after {down_s:.1f}s; {dropped} live frames dropped meanwhile", dropped=dropped)
 
     def run(self) -> int:
@@ -95,15 +129,15 @@ class Decoder:
                 if guard.send(lambda: self._send(msg, ckey, next_frame + 1, sf.pos)):
                     next_frame += 1  # else: Redis away, a live frame dropped (guard.dropped, metrics)
             if self.should_stop():
-                self.status("stopped", frames=next_frame, first_frame=first_frame)
+                self.status("stopped", frames=next_frame, first_frame=first_frame, mode=cam.mode.value)
                 return ExitCode.OK
-            self.status("eos", frames=next_frame, first_frame=first_frame, sent=self.sent, dropped=self.dropped)
+            self.status("eos", frames=next_frame, first_frame=first_frame, sent=self.sent, dropped=self.dropped, mode=cam.mode.value)
             return ExitCode.OK
         except _GivenUp as exc:
             self.status("stopped", reason=f"camera failed in a scheduler worker: {exc}", frames=next_frame, first_frame=first_frame)
             return ExitCode.FAILED
         except UserError as exc:
-            self.status("error", reason=str(exc), frames=next_frame, first_frame=first_frame)
+            self.status("error", reason=str(exc), frames=next_frame, first_frame=first_frame, mode=cam.mode.value)
             return ExitCode.FAILED
 
     def _check_given_up(self) -> None:
@@ -121,17 +155,14 @@ class Decoder:
 
     def _send(self, msg: FrameMsg, ckey: str, next_frame: int, pos: int) -> None:
         fields = encode_frame(msg, self.cam.encoding, self.cam.jpeg_quality)
-        pipe = self.r.pipeline(transaction=True)
-        if self.cam.mode is Mode.LIVE:
-            pipe.xlen(self.fkey)
-            pipe.xadd(self.fkey, fields, maxlen=self.cam.max_len, approximate=False)
-        else:
-            pipe.xadd(self.fkey, fields)
-        pipe.hset(ckey, mapping={"next_frame": next_frame, "source_pos": pos})
-        res = pipe.execute()
-        if self.cam.mode is Mode.LIVE and int(res[0]) >= self.cam.max_len:
-            self.dropped += 1  # MAXLEN trimmed the oldest unread frame
-            self.r.hincrby(ckey, "dropped", 1)
+        args: list[object] = [msg.frame, next_frame, pos, self.cam.max_len if self.cam.mode is Mode.LIVE else 0]
+        for k, v in fields.items():
+            args.extend((k, v))
+        res = int(self._send_script(keys=[self.fkey, ckey], args=args))
+        if res == -1:
+            return  # a retried write whose first attempt reached Redis: the frame is there once
+        if res == 1:
+            self.dropped += 1  # MAXLEN trimmed the oldest unread frame (live)
         self.sent += 1
 
     def _wait_for_room(self) -> None:
@@ -165,4 +196,4 @@ def decoder_main(cam_json: str, redis_url: str, base_dir: str | None = None) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     cam = CameraConfig.model_validate_json(cam_json)
     r = connect(redis_url)
-    return int(Decoder(cam, r, lambda: stop["flag"], Path(base_dir) if base_dir else None).run())
+    return int(Decoder(cam, r, lambda: stop["flag"], Path(base_dir) if base_dir else None).guarded().run())

@@ -26,6 +26,10 @@ I/O that survives the field:
 - Metrics: per-camera counters (``metrics:{cam}`` hash, see
   :mod:`pipeline.metrics`) are incremented in the same script as the
   records, so they survive worker restarts and add up across hosts.
+- The web view's frame: the same script keeps ``preview:{cam}`` (one hash: the
+  newest recorded frame's JPEG and its record, overwritten, so nothing grows), written
+  at most every ``preview_every_s`` per camera and worker, only with its record and
+  never with an older frame. A JPEG frame is stored as it came: no decode, no encode.
 - Live cameras: a frame older than the camera's ``max_lag_s`` when a worker reads
   it is skipped (acked, deleted, counted as ``skipped``) without decoding it, so a
   scheduler slower than the camera keeps serving recent frames: record latency
@@ -45,13 +49,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import cv2
 import redis
 
 from links.errors import LinksError
 from links.outputs import ModelOutput, Origin
 from links.samples import ModelMeta
 from pipeline.backoff import Backoff
-from pipeline.config import Mode, resolve_model_spec
+from pipeline.config import Mode, resolve_model_specs
 from pipeline.errors import UserError, say_stderr
 from pipeline.exitcodes import ExitCode
 from pipeline.keys import (
@@ -61,6 +66,7 @@ from pipeline.keys import (
     camera_of,
     frames_key,
     metrics_key,
+    preview_key,
     results_key,
     status_key,
 )
@@ -84,13 +90,21 @@ CAMERA_ERRORS: tuple[type[BaseException], ...] = (UserError, LinksError)
 
 Entry = tuple[str, bytes, dict[bytes, bytes]]  # (frames key, entry id, fields)
 
-# KEYS: frames, results, metrics of ONE camera. ARGV: group, results maxlen, n, then n x
-# (entry id, frame, record json, counters), then m, m x (entry id, counter), then extra counters.
-# Counters are "field=n,field=n". Returns how many records were written.
+# KEYS: frames, results, metrics, preview of ONE camera. ARGV: group, results maxlen, n, then n x
+# (entry id, frame, record json, counters), then m, m x (entry id, counter), then extra counters,
+# then the preview's frame ("" for none) and JPEG. Counters are "field=n,field=n".
+# Returns how many records were written.
 _WRITE_LUA = """
 local group, maxlen = ARGV[1], ARGV[2]
+local pv_frame, pv_jpeg = ARGV[#ARGV - 1], ARGV[#ARGV]
 local function count(spec)
   for f, n in string.gmatch(spec, '([^=,]+)=(%d+)') do redis.call('HINCRBY', KEYS[3], f, tonumber(n)) end
+end
+local function preview(frame, rec)
+  local cur = redis.call('HGET', KEYS[4], 'frame')
+  if not cur or tonumber(frame) > tonumber(cur) then
+    redis.call('HSET', KEYS[4], 'frame', frame, 'json', rec, 'jpeg', pv_jpeg)
+  end
 end
 local i, written = 4, 0
 for _ = 1, tonumber(ARGV[3]) do
@@ -101,6 +115,7 @@ for _ = 1, tonumber(ARGV[3]) do
     redis.call('XDEL', KEYS[1], eid)
     count(counters)
     written = written + 1
+    if frame == pv_frame then preview(frame, rec) end
   end
 end
 local m = tonumber(ARGV[i])
@@ -157,8 +172,11 @@ class Worker:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         say: Callable[[str], None] = say_stderr,
+        preview_every_s: float = 0.1,
     ) -> None:
         self.r = r
+        self.preview_every_s = preview_every_s
+        self._last_preview: dict[str, float] = {}  # camera -> when this worker last wrote its preview
         self.policy: FramePolicy = policy or AllPolicy()
         self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
         self.include_boxes = include_boxes
@@ -201,7 +219,8 @@ class Worker:
                 self.fail_camera(cam, exc)
 
     def _add_camera(self, cam: str, info: dict[bytes, bytes]) -> None:
-        specs = [resolve_model_spec(s) for s in json.loads(info[b"models"])]
+        # Re-checked on this host (its packages, its CUDA): a problem fails the camera with one line.
+        specs = resolve_model_specs(json.loads(info[b"models"]), f"camera {cam}")
         for s in specs:
             if s.name not in self.models:
                 self.models[s.name] = build_model(s)
@@ -333,28 +352,41 @@ class Worker:
                 skipped.append((key, eid))  # newest-frame semantics: never decoded
                 continue
             try:
-                msg = decode_frame(fields)
+                msg = decode_frame(fields, lazy=True)  # the JPEG is decoded only if a model needs the pixels
             except BadFrame as exc:
-                self.stats.bad_frames += 1
-                self._status(cam, "bad_frame", reason=f"camera {cam}: bad frame entry {eid.decode() if isinstance(eid, bytes) else eid}: {exc}")
-                done_bad.append((key, eid))
+                self._bad_frame(cam, key, eid, exc, done_bad)
                 continue
             frames.append((key, eid, msg))
 
         # Which models run on which frame, then one batched call per model.
         jobs: dict[str, list[int]] = defaultdict(list)
-        for i, (_, _, msg) in enumerate(frames):
+        bad: set[int] = set()
+        for i, (key, eid, msg) in enumerate(frames):
             cs = self.cameras.get(msg.camera)
             if cs is None:
                 continue
             try:
                 run = self.policy.decide(msg.camera, msg, cs.models)
+            except BadFrame as exc:  # a policy that looks at the pixels (reducto) met a corrupt image
+                self._bad_frame(msg.camera, key, eid, exc, done_bad)
+                bad.add(i)
+                continue
             except CAMERA_ERRORS as exc:
                 self.fail_camera(msg.camera, exc)
                 continue
             for m in cs.models:
                 if m in run:
                     jobs[m].append(i)
+        # Each frame's image is decoded once, and only where some model runs on it.
+        for i in sorted({i for idx in jobs.values() for i in idx} - bad):
+            key, eid, msg = frames[i]
+            try:
+                msg.image  # noqa: B018
+            except BadFrame as exc:
+                self._bad_frame(msg.camera, key, eid, exc, done_bad)
+                bad.add(i)
+        if bad:
+            jobs = defaultdict(list, {m: [i for i in idx if i not in bad] for m, idx in jobs.items()})
         outputs: list[dict[str, ModelOutput]] = [{} for _ in frames]
         per_frame_ms: list[dict[str, float]] = [{} for _ in frames]
         for m, idx in jobs.items():
@@ -377,8 +409,8 @@ class Worker:
         built = []
         for i, (key, eid, msg) in enumerate(frames):
             cs = self.cameras.get(msg.camera)
-            if cs is None:
-                continue  # the camera failed in this batch: no record, its frame stays unacked
+            if cs is None or i in bad:
+                continue  # the camera failed in this batch (no record, its frame stays unacked), or a bad frame
             t_fill = time.perf_counter()
             try:
                 self.policy.observe(msg.camera, msg, outputs[i], per_frame_ms[i])
@@ -398,6 +430,12 @@ class Worker:
         self.stats.frames += len(built)
         self.stats.skipped += len(skipped)
 
+    def _bad_frame(self, cam: str, key: str, eid: bytes, exc: BaseException, done_bad: list[tuple[str, bytes]]) -> None:
+        """A frame entry that cannot be decoded: reported once, then acked and deleted with the batch."""
+        self.stats.bad_frames += 1
+        self._status(cam, "bad_frame", reason=f"camera {cam}: bad frame entry {eid.decode() if isinstance(eid, bytes) else eid}: {exc}")
+        done_bad.append((key, eid))
+
     @staticmethod
     def _too_old(fields: dict[bytes, bytes], now: float, max_lag_s: float) -> bool:
         try:
@@ -413,7 +451,10 @@ class Worker:
         reclaimed meanwhile writes nothing for them, so every frame has exactly one record."""
         per_cam: dict[str, list[tuple[bytes, str, str, str]]] = defaultdict(list)
         acks: dict[str, list[tuple[bytes, str]]] = defaultdict(list)
+        newest: dict[str, FrameMsg] = {}  # per camera, the newest frame of this batch (the preview candidate)
         for key, eid, msg, cs, rec in built:
+            if cs.name not in newest or msg.frame > newest[cs.name].frame:
+                newest[cs.name] = msg
             rec["latency_ms"]["worker"] = worker_ms
             counts: dict[str, int] = defaultdict(int)
             counts["processed"] = 1
@@ -433,8 +474,22 @@ class Worker:
             for eid, f in plain:
                 argv.extend((eid, f))
             argv.append(_counters({"reclaimed": self._reclaimed_by_cam.pop(cam, 0)}))
-            written = self._write_script(keys=[frames_key(cam), results_key(cam), metrics_key(cam)], args=argv)
+            argv.extend(self._preview(cam, newest.get(cam)))
+            written = self._write_script(keys=[frames_key(cam), results_key(cam), metrics_key(cam), preview_key(cam)], args=argv)
             self.stats.duplicates_avoided += len(recs) - int(written)
+
+    def _preview(self, cam: str, msg: FrameMsg | None) -> tuple[str, bytes]:
+        """(frame, JPEG) for ``preview:{cam}`` when one is due for this camera, else ("", b"")."""
+        now = self.clock()
+        if msg is None or now - self._last_preview.get(cam, -1e9) < self.preview_every_s:
+            return "", b""
+        self._last_preview[cam] = now
+        if msg.enc == "jpeg" and msg.data:
+            jpeg = bytes(msg.data)  # as it came from the decoder
+        else:  # a raw-encoded camera: encode this one frame
+            ok, buf = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            jpeg = buf.tobytes() if ok else b""
+        return (str(msg.frame), jpeg) if jpeg else ("", b"")
 
     def build_record(
         self,

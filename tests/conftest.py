@@ -60,7 +60,8 @@ TRIMMED_MP4 = "intel_person-bicycle-car-detection_trimmed.mp4"  # moov atom last
 TRUNCATED_CAR_FRAMES = 134
 
 CHEAP_MODELS = ["mog2_motion", "scene_light", "edge_density", "haar_full_body"]
-DEFAULT_ZOO = ["yolo_person", "haar_face", "haar_upper_body", "haar_full_body", "hog_people", "mog2_motion", "scene_light", "edge_density"]
+DEFAULT_ZOO = ["yolo_coco", "yolo_seg", "yolo_pose", "yolo_person", "vehicle_seg", "plate_det", "mtcnn_face", "mobilenet_v2",
+               "hog_people", "mog2_motion"]
 
 
 # ----------------------------------------------------------------- session env
@@ -278,16 +279,23 @@ def check_record(rec: dict[str, Any], camera: str, models: list[str]) -> None:
     for m, o in rec["outputs"].items():
         assert o["origin"] == "executed", (m, o)
         kind = o["kind"]
-        if kind == "detections":
+        if kind in ("detections", "segmentation", "keypoints"):
             assert isinstance(o["count"], int) and o["count"] >= 0
             assert sum(o["counts"].values()) == o["count"]
             assert len(o["boxes"]) == o["count"]
             for b in o["boxes"]:
                 assert len(b) == 6 and all(0.0 <= v <= 1.0 for v in b[:4]) and b[5] in o["counts"]
+            if kind == "segmentation":
+                assert set(o["coverage"]) == set(o["counts"]) and all(0.0 <= v <= 1.0 for v in o["coverage"].values())
+            if kind == "keypoints":
+                assert len(o["keypoints"]) == o["count"] and o["visible_keypoints"] >= 0
         elif kind == "probs":
             assert o["label"] in o["probs"]
             assert abs(sum(o["probs"].values()) - 1.0) < 0.01
             assert o["label"] == max(o["probs"], key=o["probs"].get)
+        elif kind == "topk":
+            top = list(o["top5"].values())
+            assert list(o["top5"])[0] == o["label"] and 1 <= len(top) <= 5 and top == sorted(top, reverse=True)
         else:
             assert kind == "scalar" and isinstance(o["value"], float | int)
         assert o["ms"] >= 0

@@ -49,8 +49,9 @@ def test_replay_default_zoo_one_record_per_frame_with_every_model(tmp_path: Path
     pts = [x["pts"] for x in recs]
     assert all(b > a for a, b in zip(pts, pts[1:]))
     assert "summary: 23 records from 1 camera(s)" in proc.stderr
-    for m in DEFAULT_ZOO:
-        assert f"  {m}" in proc.stderr and "executed=23" in proc.stderr
+    rows = {ln.split()[0]: ln.split() for ln in proc.stderr.splitlines() if ln.startswith("  ") and ln.split()}
+    for m in DEFAULT_ZOO:  # the summary's per-model table: every default model executed on all 23 frames
+        assert m in rows and rows[m][1] == "23", proc.stderr
     # records also went to the result stream
     assert redis.Redis.from_url(redis_url).xlen(results_key("intel_preview_people-detection")) == 23
 
@@ -98,9 +99,18 @@ def test_models_lists_measured_costs(tmp_path: Path, cheap_cfg: Path, gif23: Pat
     rows = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines()}
     for m in CHEAP_MODELS:
         assert m in rows, proc.stdout
-        assert float(rows[m][3]) > 0  # ms/frame
-    assert rows["scene_light"][1:3] == ["CallableModel", "probs"]
+        assert float(rows[m][5]) > 0  # ms/frame
+    # name, adapter, kind, runtime, device
+    assert rows["scene_light"][1:5] == ["CallableModel", "probs", "python", "cpu"]
+    assert rows["mog2_motion"][1:5] == ["Mog2MotionModel", "scalar", "opencv", "cpu"]
     assert "frame 480x270" in proc.stdout
+    js = run_mlink("models", "--config", cheap_cfg, "--video", gif23, "--frames", "2", "--json")
+    assert js.returncode == 0, js.stderr
+    info = json.loads(js.stdout)
+    by = {r["name"]: r for r in info["models"]}
+    assert set(by) == set(CHEAP_MODELS) and info["frame"] == [480, 270]
+    assert by["haar_full_body"]["runtime"] == "opencv" and by["haar_full_body"]["ms"] > 0
+    assert {"kind", "device", "mem_mb", "gpu_mb"} <= set(by["scene_light"])
 
 
 # ----------------------------------------------------------------- live run

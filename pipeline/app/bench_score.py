@@ -50,11 +50,12 @@ __all__ = [
 
 
 def _output(o: Mapping[str, Any], classes: tuple[str, ...]) -> ModelOutput:
-    if o["kind"] == OutputKind.DETECTIONS.value and "boxes" not in o:
+    kind = OutputKind(o["kind"])
+    if kind.has_boxes and "boxes" not in o:
         # Counts without boxes (a derived output, or a worker writing no boxes): score the
         # counts; the zero-size stand-in boxes can match no true box.
         ids = [i for i, c in enumerate(classes) for _ in range(int(o.get("counts", {}).get(c, 0)))]
-        return ModelOutput(OutputKind.DETECTIONS, classes, boxes=np.zeros((len(ids), 4), np.float32), class_ids=np.array(ids, np.int64))
+        return ModelOutput(kind, classes, boxes=np.zeros((len(ids), 4), np.float32), class_ids=np.array(ids, np.int64))
     return ModelOutput.from_record(dict(o), classes)
 
 
@@ -147,7 +148,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
                     acc[m].append(0.0)
                     origins[m]["no record"] += 1
                     ro = rrec["outputs"][m]
-                    if ro["kind"] == OutputKind.DETECTIONS.value:
+                    if OutputKind(ro["kind"]).has_boxes:
                         t = boxes.setdefault(m, _BoxTally())
                         t.n_true += int(ro["count"])
                         count_err.setdefault(m, []).append(float(ro["count"]))
@@ -163,7 +164,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
                 origins[m][o["origin"]] += 1
                 if o["origin"] == "executed":
                     priced += float(ro.get("ms", 0.0))
-                det = ro["kind"] == OutputKind.DETECTIONS.value
+                det = OutputKind(ro["kind"]).has_boxes
                 if o["origin"] == "missing" or "kind" not in o:
                     acc[m].append(0.0)
                     if det:

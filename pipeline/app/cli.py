@@ -21,10 +21,12 @@ from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.exitcodes import ExitCode
 from pipeline.home import quiet_third_party
+from pipeline.redis_conn import REDIS_DOWN, first_line
 
 DEFAULT_CONFIG = "cameras.yaml"
 POLICY_HELP = "scheduling policy: all, standalone, prior, hold-last, reducto, mlink, ours"
 BUDGET_HELP = "33%% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models"
+WEB_BIND = "127.0.0.1:8080"  # the web view's default: this machine only
 
 
 # ------------------------------------------------------------------ helpers
@@ -95,6 +97,8 @@ def _finish(res: Any, summary: Any, out: Path | None, jsonl: Any) -> int:
     if res.interrupted:
         print("mlink: stopped by user", file=sys.stderr)
         return ExitCode.OK
+    if res.timed_out:
+        print(f"mlink: stopped after {res.wall_s:.0f} s (--duration)", file=sys.stderr)
     return ExitCode.OK if res.ok else ExitCode.USER_ERROR
 
 
@@ -103,6 +107,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     from pipeline.app.session import JsonlSink, PrintSink, SessionOptions, SummarySink, run_session
     from pipeline.config import load_config
 
+    if a.duration is not None and not a.duration > 0:
+        raise UserError(f"--duration must be a positive number of seconds, not {a.duration:g}")
+    web = None
+    if a.web is not None:
+        from pipeline.app.web import check_bind, parse_bind
+
+        web = check_bind(*parse_bind(a.web, "--web"), "--web")  # a port in use fails here, before anything starts
     cfg = load_config(a.config)
     cfg.override_scheduler("--policy/--budget", policy=a.policy, budget=a.budget)
     _check_sources(cfg)
@@ -113,7 +124,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not a.quiet:
         sinks.append(PrintSink("json" if a.json else "compact"))
     with _Redis(a.redis) as url:
-        opts = SessionOptions(fresh=False, workers=a.workers, metrics_port=a.metrics_port, show_status=not (a.json or a.quiet))
+        opts = SessionOptions(fresh=False, workers=a.workers, metrics_port=a.metrics_port, show_status=not (a.json or a.quiet),
+                              web=web, duration_s=a.duration)
         res = run_session(cfg, url, sinks, opts)
     return _finish(res, summary, a.out, jsonl)
 
@@ -146,9 +158,9 @@ def _say(msg: str) -> None:
 def cmd_tail(a: argparse.Namespace) -> int:
     from pipeline.app.collect import ResultCollector
     from pipeline.keys import CAMERAS_KEY, results_key
-    from pipeline.redis_conn import connect, url_for_reader
+    from pipeline.redis_conn import connect, guard, url_for_reader
 
-    r = connect(url_for_reader(a.redis))
+    r = guard(connect(url_for_reader(a.redis)), "mlink tail")
 
     def known() -> bool:
         return bool(r.sismember(CAMERAS_KEY, a.camera) or r.exists(results_key(a.camera)))
@@ -175,11 +187,28 @@ def cmd_tail(a: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_web(a: argparse.Namespace) -> int:
+    from pipeline.app.web import Board, bind_socket, parse_bind, serve, web_url
+    from pipeline.redis_conn import redact, url_for_reader
+
+    url = url_for_reader(a.redis)
+    host, port = parse_bind(a.bind, "--bind")
+    board = Board(url)
+    away = board.check()  # a bad URL or password is an error now; Redis merely away is shown on the page
+    sock = bind_socket(host, port, "--bind")
+    port = int(sock.getsockname()[1])
+    if away:
+        print(f"mlink: redis {redact(url)} unreachable: {away}; the page says so and recovers when Redis is back", file=sys.stderr)
+    print(f"mlink: web view on {web_url(host, port)}, reading {redact(url)} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    serve(board, sock)
+    return ExitCode.OK
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     from pipeline.config import default_sample, load_config, replay_config
     from pipeline.costs import measure_all
     from pipeline.video import sample_images
-    from pipeline.zoo import build_models, current_device
+    from pipeline.zoo import build_models, cuda_available
 
     cfg = load_config(a.config) if a.config else replay_config([a.video or default_sample()])
     specs = {s.name: s for s in cfg.all_model_specs()}
@@ -189,22 +218,31 @@ def cmd_models(a: argparse.Namespace) -> int:
     frames = sample_images(src, a.frames, resize=cam.resize)
     if not frames:
         raise UserError(f"{src}: no decodable frames to measure on")
-    costs = measure_all(models, specs, frames, remeasure=a.remeasure, progress=True)
-    print(f"device: {current_device()}; frame {frames[0].shape[1]}x{frames[0].shape[0]} from {src}")
-    print(f"{'model':18s} {'adapter':16s} {'kind':11s} {'ms/frame':>9s} {'mem MB':>7s} {'gpu MB':>7s}  classes")
-    for n, m in models.items():
-        c = costs[n]
-        print(f"{n:18s} {type(m).__name__:16s} {m.kind.value:11s} {c.ms:9.1f} {c.mem_mb:7.1f} {c.gpu_mb:7.1f}  {','.join(m.classes)[:40]}")
-    print(f"{'all models':18s} {'':16s} {'':11s} {sum(c.ms for c in costs.values()):9.1f}")
+    costs = measure_all(models, specs, frames, remeasure=a.remeasure, progress=not a.json)
+    rows = [{"name": n, "adapter": type(m).__name__, "kind": m.kind.value, "runtime": m.runtime, "device": m.device, "half": m.half,
+             "ms": round(costs[n].ms, 2), "mem_mb": round(costs[n].mem_mb, 1), "gpu_mb": round(costs[n].gpu_mb, 1),
+             "n_classes": len(m.classes), "classes": list(m.classes)} for n, m in models.items()]
+    info = {"cuda": cuda_available(), "frame": [frames[0].shape[1], frames[0].shape[0]], "batch": len(frames), "source": str(src),
+            "models": rows, "total_ms": round(sum(c.ms for c in costs.values()), 2)}
+    if a.json:
+        print(json.dumps(info, indent=1))
+        return ExitCode.OK
+    print(f"CUDA: {'yes' if info['cuda'] else 'no'}; frame {frames[0].shape[1]}x{frames[0].shape[0]} from {src}; timed in batches of {len(frames)}")
+    print(f"{'model':16s} {'adapter':22s} {'kind':12s} {'runtime':11s} {'device':7s} {'ms/frame':>9s} {'mem MB':>7s} {'gpu MB':>7s}  classes")
+    for r in rows:
+        cls = ",".join(r["classes"])
+        cls = cls if len(cls) <= 40 else f"{cls[:32]}... ({r['n_classes']})"
+        print(f"{r['name']:16s} {r['adapter']:22s} {r['kind']:12s} {r['runtime']:11s} {r['device']:7s} {r['ms']:9.1f} {r['mem_mb']:7.1f} {r['gpu_mb']:7.1f}  {cls}")
+    print(f"{'all models':16s} {'':22s} {'':12s} {'':11s} {'':7s} {info['total_ms']:9.1f}")
     return ExitCode.OK
 
 
 def cmd_status(a: argparse.Namespace) -> int:
     from pipeline.keys import CAMERAS_KEY, camera_key, frames_key, results_key, status_key
     from pipeline.metrics import RedisMetricsCollector
-    from pipeline.redis_conn import connect, url_for_reader
+    from pipeline.redis_conn import connect, guard, url_for_reader
 
-    r = connect(url_for_reader(a.redis))
+    r = guard(connect(url_for_reader(a.redis)), "mlink status")
     cams = sorted(x.decode() for x in r.smembers(CAMERAS_KEY))
     if not cams:
         print("no cameras registered")
@@ -257,7 +295,7 @@ def cmd_decoder(a: argparse.Namespace) -> int:
         raise UserError(f"camera {a.camera}: not in {a.config} (cameras: {', '.join(cfg.cameras)})")
     r = connect(a.redis)
     stop = _Interrupt()
-    code = Decoder(cfg.cameras[a.camera], r, lambda: stop.flag, cfg.base_dir).run()
+    code = Decoder(cfg.cameras[a.camera], r, lambda: stop.flag, cfg.base_dir).guarded().run()
     if code == ExitCode.FAILED:
         # The decoder's status event holds the reason; say it here too, as one line.
         from pipeline.keys import status_key
@@ -323,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print full JSON records instead of compact lines")
     g.add_argument("--quiet", action="store_true", help="print only errors and the summary")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    s.add_argument("--web", nargs="?", const=WEB_BIND, metavar="HOST:PORT",
+                   help=f"also serve the live web view (default {WEB_BIND}; put it after CONFIG, or give it a value)")
+    s.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds, as Ctrl-C would")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("replay", help="process every frame of recorded footage as fast as possible")
@@ -353,7 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--video", help="frames to measure on (default: the config's first source)")
     s.add_argument("--frames", type=int, default=8)
     s.add_argument("--remeasure", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the table as JSON")
     s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("web", help="serve the live web view of the cameras in a Redis (it reads only Redis)")
+    s.add_argument("--redis", help="redis URL (default: the embedded server of a running `mlink run`)")
+    s.add_argument("--bind", default=WEB_BIND, metavar="HOST:PORT", help=f"where to listen (default {WEB_BIND}: this machine only)")
+    s.set_defaults(func=cmd_web)
 
     s = sub.add_parser("status", help="per-camera health from the status streams")
     s.add_argument("--redis")
@@ -403,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (UserError, LinksError) as exc:
         print(f"mlink: error: {exc}", file=sys.stderr)
+        return ExitCode.USER_ERROR
+    except REDIS_DOWN as exc:  # Redis went away before this command could guard its client
+        print(f"mlink: error: redis unavailable: {first_line(exc)}", file=sys.stderr)
         return ExitCode.USER_ERROR
     except KeyboardInterrupt:
         print("mlink: interrupted", file=sys.stderr)

@@ -34,12 +34,69 @@ class SeenSet:
         return True
 
 
+class FrameRanges:
+    """The frame indices seen, as sorted disjoint [start, end) ranges: memory grows with the
+    gaps, not with the frames (a live camera runs for months)."""
+
+    def __init__(self) -> None:
+        self._r: list[list[int]] = []
+
+    def add(self, i: int) -> None:
+        r = self._r
+        lo, hi = 0, len(r)
+        while lo < hi:  # the first range that starts after i
+            mid = (lo + hi) // 2
+            if r[mid][0] <= i:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo and r[lo - 1][0] <= i < r[lo - 1][1]:
+            return
+        joins_left = lo > 0 and r[lo - 1][1] == i
+        joins_right = lo < len(r) and r[lo][0] == i + 1
+        if joins_left and joins_right:
+            r[lo - 1][1] = r[lo][1]
+            del r[lo]
+        elif joins_left:
+            r[lo - 1][1] = i + 1
+        elif joins_right:
+            r[lo][0] = i
+        else:
+            r.insert(lo, [i, i + 1])
+
+    def missing(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The [a, b) ranges of ``[start, end)`` that were not seen."""
+        out, at = [], start
+        for a, b in self._r:
+            if b <= at:
+                continue
+            if a >= end:
+                break
+            if a > at:
+                out.append((at, a))
+            at = max(at, b)
+        if at < end:
+            out.append((at, end))
+        return out
+
+
+def describe_ranges(ranges: list[tuple[int, int]], most: int = 6) -> str:
+    """``frames 3-5, 9`` — the ranges as a user reads them (the first ``most`` of them)."""
+    parts = [f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in ranges[:most]]
+    more = f" and {len(ranges) - most} more ranges" if len(ranges) > most else ""
+    return ", ".join(parts) + more
+
+
 @dataclass
 class CameraProgress:
     records: int = 0
     duplicates: int = 0
     ended: bool = False  # eos, error or failed seen
     expected: int | None = None  # frames the decoder sent (known at eos)
+    first_frame: int = 0  # the session's first frame index (known at eos)
+    last_frame: int | None = None  # one past the last frame the decoder sent (known at eos)
+    received: FrameRanges = field(default_factory=FrameRanges)
+    dropped_or_skipped: bool = False  # a live camera: drops and skips are counted, not lost
     error: str | None = None
     failed_by_worker: bool = False  # a worker gave up on the camera: its unread frames stay unread
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -47,6 +104,14 @@ class CameraProgress:
     @property
     def complete(self) -> bool:
         return self.ended and (self.expected is None or self.records >= self.expected)
+
+    def lost(self) -> list[tuple[int, int]]:
+        """Frames the decoder sent that have no record ([a, b) ranges); known once it ended.
+        Only a Redis that lost data (restarted empty) leaves any: the stages never drop a
+        replay frame. Live cameras' own drops and skips are counted apart, not listed here."""
+        if self.last_frame is None or self.dropped_or_skipped:
+            return []
+        return self.received.missing(self.first_frame, self.last_frame)
 
 
 class ResultCollector:
@@ -92,6 +157,7 @@ class ResultCollector:
                 cam = rec["camera"]
                 if self.seen.add((cam, int(rec["frame"]))):
                     self.progress[cam].records += 1
+                    self.progress[cam].received.add(int(rec["frame"]))
                     out.append(rec)
                 else:
                     self.progress[cam].duplicates += 1
@@ -114,6 +180,8 @@ class ResultCollector:
                 if ev["event"] in ("eos", "error", "failed", "stopped"):
                     if "frames" in ev:
                         p.expected = int(ev["frames"]) - int(ev.get("first_frame", 0)) - int(ev.get("dropped", 0))
+                        p.first_frame, p.last_frame = int(ev.get("first_frame", 0)), int(ev["frames"])
+                        p.dropped_or_skipped = bool(ev.get("dropped")) or ev.get("mode") == "live"
                     if ev["event"] in ("error", "failed"):
                         p.error = ev.get("reason")
                     if ev["event"] == "failed" and ev.get("worker") is not None:

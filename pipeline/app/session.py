@@ -26,13 +26,14 @@ from typing import Any, Callable, Protocol, TextIO
 
 import redis
 
-from pipeline.app.collect import ResultCollector
+from pipeline.app.collect import ResultCollector, describe_ranges
 from pipeline.app.supervisor import Supervisor
+from pipeline.app.web import web_url
 from pipeline.config import Config
 from pipeline.costs import measure_config_costs
 from pipeline.errors import say_stderr
 from pipeline.keys import frames_key
-from pipeline.redis_conn import connect
+from pipeline.redis_conn import connect, guard
 from pipeline.registry import prepare_camera
 from stages.policy_runtime import make_frame_policy
 
@@ -135,17 +136,42 @@ class ProgressSink(_SinkBase):
 
 
 class SummarySink(_SinkBase):
-    """Per-model executions, time and origins, for the summary printed at the end."""
+    """Per model: outputs executed, linked, held and missing, and time, for the summary printed
+    at the end; and the compute a budget saved: the models' measured time against what every
+    model on every frame would have taken (each model's mean measured time per run x records),
+    over the whole session and after the cold start (records in the ``budgeted`` phase)."""
 
     def __init__(self) -> None:
         self.model_ms: dict[str, list[float]] = defaultdict(list)
         self.origins: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.budgeted: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))  # model -> outputs, executed ms
 
     def record(self, rec: Record) -> None:
+        budgeted = (rec.get("policy") or {}).get("phase") == "budgeted"
         for m, o in rec["outputs"].items():
             self.origins[m][o["origin"]] += 1
             if o["origin"] == "executed":
                 self.model_ms[m].append(float(o.get("ms", 0.0)))
+            if budgeted:
+                self.budgeted[m]["outputs"] += 1
+                self.budgeted[m]["ms"] += float(o.get("ms", 0.0)) if o["origin"] == "executed" else 0.0
+
+    def compute_saved(self) -> tuple[float, float, float | None, list[str]]:
+        """(the models' measured seconds, the seconds every model on every frame would have taken,
+        the share saved after the cold start or None, the models never executed: left out of both)."""
+        ran = full = ran_after = full_after = 0.0
+        unknown = []
+        for m, by in self.origins.items():
+            v = self.model_ms.get(m, [])
+            if not v:
+                unknown.append(m)
+                continue
+            mean = sum(v) / len(v)
+            ran += sum(v)
+            full += mean * sum(by.values())
+            ran_after += self.budgeted[m]["ms"]
+            full_after += mean * self.budgeted[m]["outputs"]
+        return ran / 1000, full / 1000, (1 - ran_after / full_after) if full_after > 0 else None, unknown
 
     def text(self, res: "SessionResult") -> str:
         total = res.total
@@ -158,11 +184,21 @@ class SummarySink(_SinkBase):
         for cam in sorted(set(res.errors) - set(res.records)):
             lines.append(f"  camera {cam}: 0 records  ERROR: {res.errors[cam]}")
         if self.origins:
-            lines.append(f"  {'model':18s} {'runs':>6s} {'ms/frame':>9s} {'total s':>8s}  origins")
+            lines.append(f"  {'model':18s} {'executed':>8s} {'linked':>7s} {'held':>6s} {'missing':>7s} {'ms/run':>7s} {'total s':>8s}")
             for m in self.origins:
                 v = self.model_ms.get(m, [])
-                o = ", ".join(f"{k}={c}" for k, c in sorted(self.origins[m].items()))
-                lines.append(f"  {m:18s} {len(v):6d} {sum(v) / max(len(v), 1):9.1f} {sum(v) / 1000:8.1f}  {o}")
+                n = self.origins[m]
+                lines.append(f"  {m:18s} {n['executed']:8d} {n['linked']:7d} {n['held']:6d} {n['missing']:7d} "
+                             f"{sum(v) / max(len(v), 1):7.1f} {sum(v) / 1000:8.1f}")
+            if any(n[o] for n in self.origins.values() for o in ("linked", "held", "missing")):
+                ran, full, after, unknown = self.compute_saved()
+                line = (f"  compute: the models ran {ran:.1f} s of the {full:.1f} s that every model on every frame would have taken "
+                        f"(mean measured ms per run x records): {100 * (1 - ran / full) if full else 0:.0f}% saved")
+                if after is not None:
+                    line += f", {100 * after:.0f}% after the cold start"
+                if unknown:
+                    line += f" (never executed, so left out: {', '.join(unknown)})"
+                lines.append(line)
         return "\n".join(lines)
 
 
@@ -188,6 +224,8 @@ class SessionOptions:
     remeasure_costs: bool = False
     # Called once every camera is prepared and before any stage starts (bench seeds links here).
     on_prepared: Callable[[redis.Redis], None] | None = None
+    web: tuple[str, int] | None = None  # serve the web view on (host, port): one more supervised child
+    duration_s: float | None = None  # stop after this long, as Ctrl-C would
 
 
 @dataclass
@@ -199,6 +237,8 @@ class SessionResult:
     restarts: int
     interrupted: bool
     stage_failures: list[str] = field(default_factory=list)
+    lost: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # camera -> frames sent that have no record
+    timed_out: bool = False  # stopped after SessionOptions.duration_s
 
     @property
     def total(self) -> int:
@@ -206,7 +246,7 @@ class SessionResult:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not self.stage_failures
+        return not self.errors and not self.stage_failures and not self.lost
 
 
 class _Interrupt:
@@ -244,8 +284,11 @@ def run_session(cfg: Config, redis_url: str, sinks: list[Any], opts: SessionOpti
     if opts.on_prepared is not None:
         opts.on_prepared(r)
     coll = ResultCollector(r, cams, from_start=opts.fresh)
-    sup = Supervisor(cfg, redis_url, workers=opts.workers, batch=opts.batch, policy=policy)
+    sup = Supervisor(cfg, redis_url, workers=opts.workers, batch=opts.batch, policy=policy, web=opts.web)
     stop = _Interrupt()
+    # From here on a Redis outage is waited out (one line when it starts, one when it ends),
+    # never a traceback; Ctrl-C still stops the wait.
+    guard(r, "mlink", say=say, should_stop=lambda: stop.flag)
     failures: list[str] = []
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -255,6 +298,8 @@ def run_session(cfg: Config, redis_url: str, sinks: list[Any], opts: SessionOpti
         sup.start()
         if opts.metrics_port is not None:
             say(f"mlink: metrics on http://127.0.0.1:{sup.serve_metrics(opts.metrics_port)}/metrics")
+        if opts.web is not None:
+            say(f"mlink: web view on {web_url(*opts.web)}")
 
         def deliver(recs: list[Record]) -> None:
             for rec in recs:
@@ -262,7 +307,11 @@ def run_session(cfg: Config, redis_url: str, sinks: list[Any], opts: SessionOpti
                     s.record(rec)
 
         done_since: float | None = None
+        timed_out = False
         while not stop.flag:
+            if opts.duration_s is not None and time.monotonic() - t0 >= opts.duration_s:
+                timed_out = True
+                break
             for ev in sup.poll():
                 say(f"mlink: {ev.text}")
                 if ev.failed:
@@ -289,6 +338,11 @@ def run_session(cfg: Config, redis_url: str, sinks: list[Any], opts: SessionOpti
                         break
         restarts = sup.restarts()
     stop.restore()
+    lost = {} if stop.flag else {c: rs for c in cams if (rs := coll.progress[c].lost())}
+    for c, rs in lost.items():
+        n = sum(b - a for a, b in rs)
+        say(f"mlink: error: camera {c}: {n} frame(s) sent have no record (frames {describe_ranges(rs, most=20)}): "
+            "Redis lost them (it came back without the data; run it with AOF, see README)")
     return SessionResult(
         records={c: coll.progress[c].records for c in cams},
         errors={c: p.error for c, p in coll.progress.items() if p.error},
@@ -297,4 +351,6 @@ def run_session(cfg: Config, redis_url: str, sinks: list[Any], opts: SessionOpti
         restarts=restarts,
         interrupted=stop.flag,
         stage_failures=failures,
+        timed_out=timed_out,
+        lost=lost,
     )

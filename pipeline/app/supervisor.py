@@ -10,6 +10,10 @@ backoff (0.5 s doubling to ``backoff_max_s``; the backoff resets once a child ha
 run for ``stable_after_s``). Time comes from an injected clock. Children die with the supervisor
 (PR_SET_PDEATHSIG), so even a SIGKILLed supervisor leaves no orphans behind.
 
+The web view of ``mlink run --web`` is one more child, ``web``
+(:func:`pipeline.app.web.web_main`): restarted like the others if it crashes and
+stopped with them; it reads only Redis.
+
 Metrics: :meth:`Supervisor.serve_metrics` exposes ``/metrics`` (see
 :mod:`pipeline.metrics`): the per-camera counters every stage keeps in Redis
 (so the numbers cover workers on other hosts too) plus this supervisor's
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from links.errors import LinksError
+from pipeline.app.web import web_main
 from pipeline.backoff import Backoff
 from pipeline.config import Config
 from pipeline.errors import UserError
@@ -101,7 +106,8 @@ class ChildEvent:
 class Supervisor:
     def __init__(self, cfg: Config, redis_url: str, *, workers: int | None = None, batch: int | None = None,
                  policy: str | None = None, claim_idle_ms: int = 10_000, backoff_max_s: float = 30.0,
-                 stable_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 stable_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 web: tuple[str, int] | None = None) -> None:
         self.cfg, self.redis_url = cfg, redis_url
         self.backoff_max_s = backoff_max_s
         self.stable_after_s = stable_after_s
@@ -114,6 +120,8 @@ class Supervisor:
         n = workers or cfg.scheduler.workers
         for i in range(n):
             self.add(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.runtime_options(), claim_idle_ms)))
+        if web is not None:
+            self.add(Child("web", web_main, (redis_url, *web)))  # (host, port): the web view
 
     def add(self, child: Child) -> Child:
         """Watch one more child (started by :meth:`start`); its backoff is capped at ``backoff_max_s``."""

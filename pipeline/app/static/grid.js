@@ -1,0 +1,76 @@
+// The camera grid: one tile per camera, updated from /events.
+"use strict";
+
+const grid = document.getElementById("grid");
+
+function makeTile(name) {
+  const t = el("section", "tile");
+  t.dataset.camera = name;
+  const head = el("div", "tile-head");
+  const a = el("a", "name", name);
+  a.href = "/camera/" + encodeURIComponent(name);
+  head.append(a, el("span", "state"));
+  const view = el("a", "view");
+  view.href = a.href;
+  const img = el("img", "frame");
+  img.alt = name + ": latest frame";
+  img.hidden = true;
+  view.append(img, el("div", "placeholder", "no frames yet"));
+  const budget = el("div", "budget");
+  const meter = el("div", "meter");
+  meter.append(el("div", "fill"));
+  budget.append(meter, el("span", "budget-text"));
+  t.append(head, view, el("div", "stats"), budget, el("ul", "models"));
+  return t;
+}
+
+function loadFrame(tile, cam) {
+  const img = tile.querySelector("img.frame");
+  if (cam.frame === null || String(cam.frame) === tile.dataset.frame || tile.dataset.loading) return;
+  tile.dataset.loading = "1";
+  const next = new Image();
+  next.onload = () => {
+    img.src = next.src;
+    img.hidden = false;
+    tile.querySelector(".placeholder").hidden = true;
+    tile.dataset.frame = String(cam.frame);
+    delete tile.dataset.loading;
+  };
+  next.onerror = () => { delete tile.dataset.loading; };
+  next.src = `/camera/${encodeURIComponent(cam.name)}/latest.jpg?frame=${cam.frame}`;
+}
+
+function updateTile(tile, cam) {
+  setState(tile.querySelector(".state"), cam);
+  tile.dataset.state = cam.state;
+  const ph = tile.querySelector(".placeholder");
+  if (cam.frame === null) {
+    ph.textContent = cam.failed ? cam.failed : "no frames yet";
+  }
+  loadFrame(tile, cam);
+  const stats = tile.querySelector(".stats");
+  stats.replaceChildren(...statsLine(cam).map((s, i) => el("span", ["fps", "lag", "processed", "skipped", "dropped"][i] || "", s)));
+  if (cam.phase) stats.append(el("span", "phase phase-" + cam.phase, cam.phase));
+  setBudget(tile, cam);
+  const ul = tile.querySelector(".models");
+  ul.replaceChildren(...cam.models.map((m) => {
+    const li = el("li", "model o-" + m.origin);
+    li.dataset.model = m.name;
+    const sw = el("span", "swatch");
+    sw.style.setProperty("--c", m.color);
+    li.append(sw, el("span", "mname", m.name), el("span", "origin", m.origin_text), el("span", "value", m.text));
+    if (m.via) li.title = "derived from: " + m.via.join(", ");
+    return li;
+  }));
+}
+
+follow("/events", (data) => {
+  const names = new Set(data.cameras.map((c) => c.name));
+  for (const t of grid.querySelectorAll(".tile")) if (!names.has(t.dataset.camera)) t.remove();
+  document.getElementById("empty").hidden = data.cameras.length > 0;
+  for (const cam of data.cameras) {
+    let t = grid.querySelector(`.tile[data-camera="${CSS.escape(cam.name)}"]`);
+    if (!t) { t = makeTile(cam.name); grid.append(t); }
+    updateTile(t, cam);
+  }
+});
