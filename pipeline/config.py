@@ -31,6 +31,7 @@ from links.budget import parse_budget
 from links.outputs import OutputKind
 from links.policies import POLICIES
 from pipeline.errors import UserError
+from pipeline.keys import CAMERA_NAME_RULE, valid_camera_name
 from pipeline.model_files import (
     DEVICE_PATTERN,
     ModelFileError,
@@ -42,8 +43,6 @@ from pipeline.model_files import (
     resolve_file,
     ultralytics_task,
 )
-
-CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class Strict(BaseModel):
@@ -311,8 +310,8 @@ class CameraConfig(Strict):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
-        if not CAMERA_NAME.match(v):
-            raise ValueError("camera names use letters, digits, '_', '-', '.' (at most 64)")
+        if not valid_camera_name(v):
+            raise ValueError(CAMERA_NAME_RULE)
         return v
 
     @field_validator("resize")

@@ -28,6 +28,15 @@ GROUP = "scheduler"  # the consumer group of every frames stream
 CAMERAS_KEY = "mlink:cameras"
 COSTS_KEY = "mlink:costs"
 
+_CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+CAMERA_NAME_RULE = "camera names use letters, digits, '_', '-', '.' (at most 64), and are not '.' or '..'"
+
+
+def valid_camera_name(name: str) -> bool:
+    """Camera names become key names, file names and URL paths: a small alphabet, no '.'/'..'."""
+    return bool(_CAMERA_NAME.match(name)) and name not in (".", "..")
+
+
 _PER_CAMERA = ("camera", "frames", "results", "status", "links", "metrics", "preview")
 _KEY_RE = re.compile(r"^(?P<kind>[a-z]+):\{(?P<cam>[^{}]+)\}$")
 

@@ -60,6 +60,7 @@ from pipeline.config import Mode, resolve_model_specs
 from pipeline.errors import UserError, say_stderr
 from pipeline.exitcodes import ExitCode
 from pipeline.keys import (
+    CAMERA_NAME_RULE,
     CAMERAS_KEY,
     GROUP,
     camera_key,
@@ -69,6 +70,7 @@ from pipeline.keys import (
     preview_key,
     results_key,
     status_key,
+    valid_camera_name,
 )
 from pipeline.metrics import count_origin
 from pipeline.redis_conn import REDIS_DOWN, Outage, connect, is_cluster
@@ -188,6 +190,7 @@ class Worker:
         self.models: dict[str, Model] = {}
         self.model_specs: dict[str, Any] = {}
         self.stats = WorkerStats()
+        self.say = say
         self.outage = Outage(f"worker {self.name}", say, clock)
         self._last_refresh = -1e9
         self._last_claim = clock()
@@ -203,8 +206,13 @@ class Worker:
             return
         self._last_refresh = now
         for raw in self.r.smembers(CAMERAS_KEY):
-            cam = raw.decode() if isinstance(raw, bytes) else raw
+            cam = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
             if cam in self.cameras:
+                continue
+            if not valid_camera_name(cam):  # anyone who can write to Redis could register one
+                if cam not in self.failed:
+                    self.failed[cam] = f"camera {cam!r}: refused: {CAMERA_NAME_RULE}"
+                    self.say(f"mlink: worker {self.name}: {self.failed[cam]}")
                 continue
             info = self.r.hgetall(camera_key(cam))
             if cam in self.failed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -24,11 +25,10 @@ import pytest
 import redis
 from conftest import CHEAP_MODELS, assert_one_line_error, mlink_cmd, run_mlink, write_config
 from redis_private import PrivateRedis, free_port
-from starlette.testclient import TestClient
 
 from pipeline.app.annotate import PALETTE, draw, output_text, placeholder
 from pipeline.app.session import SummarySink
-from pipeline.app.web import Board, create_app, parse_bind
+from pipeline.app.web import parse_bind
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.keys import camera_keys, preview_key
@@ -169,49 +169,77 @@ def test_workers_keep_one_bounded_preview_per_camera(replayed: tuple[str, str]) 
     assert img.shape == (rec["height"], rec["width"], 3)
 
 
+def fetch(url: str) -> tuple[int, Any, bytes]:
+    """(status, headers, body) of a GET, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=20) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def start_web(url: str, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([*mlink_cmd(), "web", "--redis", url, "--bind", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_http(f"http://127.0.0.1:{port}/", proc)
+    return proc
+
+
+def stop_web(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    return err
+
+
 def test_endpoints_on_a_real_pipeline_state(replayed: tuple[str, str], tmp_path: Path) -> None:
+    """`mlink web` over what a real replay left in Redis, plus a camera that registered but has no frame yet."""
     cam, url = replayed
-    # A camera that registered (its decoder started) but has no frame yet.
     cfg = load_config(write_config(tmp_path / "idle.yaml", {"defaults": {"models": CHEAP_MODELS}, "cameras": {"idle": {"source": "x.mp4"}}}))
-    register_camera(redis.Redis.from_url(url), cfg.cameras["idle"])
-    client = TestClient(create_app(Board(url)))
+    register_camera(redis.Redis.from_url(url), cfg.cameras["idle"])  # what a decoder does first
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_web(url, port)
+    try:
+        code, _, body = fetch(base + "/api/cameras")
+        s = json.loads(body)
+        assert code == 200 and s["redis"]["ok"] is True
+        tiles = {c["name"]: c for c in s["cameras"]}
+        assert sorted(tiles) == sorted([cam, "idle"])
+        t = tiles[cam]
+        assert t["state"] == "eos" and t["processed"] == 23 and t["frame"] is not None and t["policy"] == "all"
+        assert [m["name"] for m in t["models"]] == CHEAP_MODELS and {m["origin"] for m in t["models"]} == {"executed"}
+        assert t["totals"]["executed"] == 23 * len(CHEAP_MODELS) and t["totals"]["linked"] == 0
+        assert tiles["idle"]["frame"] is None and tiles["idle"]["models"] == [] and tiles["idle"]["state"] == "registered"
 
-    s = client.get("/api/cameras").json()
-    assert s["redis"]["ok"] is True
-    tiles = {c["name"]: c for c in s["cameras"]}
-    assert sorted(tiles) == sorted([cam, "idle"])
-    t = tiles[cam]
-    assert t["state"] == "eos" and t["processed"] == 23 and t["frame"] is not None and t["policy"] == "all"
-    assert [m["name"] for m in t["models"]] == CHEAP_MODELS and {m["origin"] for m in t["models"]} == {"executed"}
-    assert t["totals"]["executed"] == 23 * len(CHEAP_MODELS) and t["totals"]["linked"] == 0
-    assert tiles["idle"]["frame"] is None and tiles["idle"]["models"] == []
+        code, _, body = fetch(f"{base}/api/camera/{cam}/records?count=5")
+        got = json.loads(body)
+        assert code == 200 and got["count"] == 5 and [x["frame"] for x in got["records"]] == [18, 19, 20, 21, 22]
+        assert len(json.loads(fetch(f"{base}/api/camera/{cam}/records")[2])["records"]) == 23  # default 50: all there are
+        for bad in ("0", "abc", "1001", "-3"):
+            code, _, body = fetch(f"{base}/api/camera/{cam}/records?count={bad}")
+            assert code == 400 and json.loads(body) == {"error": f"count must be a whole number from 1 to 1000, not {bad!r}"}
 
-    got = client.get(f"/api/camera/{cam}/records?count=5").json()
-    assert got["count"] == 5 and [x["frame"] for x in got["records"]] == [18, 19, 20, 21, 22]
-    assert len(client.get(f"/api/camera/{cam}/records").json()["records"]) == 23  # default 50: all there are
-    for bad in ("0", "abc", "1001", "-3"):
-        resp = client.get(f"/api/camera/{cam}/records?count={bad}")
-        assert resp.status_code == 400 and resp.json() == {"error": f"count must be a whole number from 1 to 1000, not {bad!r}"}
+        code, headers, body = fetch(f"{base}/camera/{cam}/latest.jpg")
+        assert code == 200 and headers["content-type"] == "image/jpeg" and int(headers["x-mlink-frame"]) == t["frame"]
+        assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (270, 480, 3)
+        code, headers, body = fetch(base + "/camera/idle/latest.jpg")  # no frames yet: a placeholder, not an error
+        assert code == 200 and headers["x-mlink-placeholder"] == "1" and body[:2] == b"\xff\xd8"
 
-    resp = client.get(f"/camera/{cam}/latest.jpg")
-    assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
-    assert int(resp.headers["x-mlink-frame"]) == t["frame"]
-    img = cv2.imdecode(np.frombuffer(resp.content, np.uint8), cv2.IMREAD_COLOR)
-    assert img.shape == (270, 480, 3)
-    resp = client.get("/camera/idle/latest.jpg")  # no frames yet: a placeholder, not an error
-    assert resp.status_code == 200 and resp.headers["x-mlink-placeholder"] == "1" and resp.content[:2] == b"\xff\xd8"
-
-    for path in ("/", f"/camera/{cam}", "/camera/idle"):
-        resp = client.get(path)
-        assert resp.status_code == 200 and 'id="overlay-legend"' in resp.text, path
-    assert client.get("/static/web.js").status_code == 200
-    msg = f"unknown camera 'ghost' (known cameras: idle, {cam})" if "idle" < cam else f"unknown camera 'ghost' (known cameras: {cam}, idle)"
-    for path in ("/api/camera/ghost/records", "/camera/ghost/latest.jpg", "/camera/ghost/stream.mjpg", "/camera/ghost/events"):
-        resp = client.get(path)
-        assert resp.status_code == 404 and resp.json() == {"error": msg}, path
-    resp = client.get("/camera/ghost")
-    assert resp.status_code == 404 and f'<p id="error" class="error">{msg}</p>' in resp.text
-    assert client.get("/nowhere").status_code == 404
+        for path in ("/", f"/camera/{cam}", "/camera/idle"):
+            code, _, body = fetch(base + path)
+            assert code == 200 and b'id="overlay-legend"' in body, path
+        assert fetch(base + "/static/web.js")[0] == 200
+        known = ", ".join(sorted([cam, "idle"]))
+        msg = f"unknown camera 'ghost' (known cameras: {known})"
+        for path in ("/api/camera/ghost/records", "/camera/ghost/latest.jpg", "/camera/ghost/stream.mjpg", "/camera/ghost/events"):
+            code, _, body = fetch(base + path)
+            assert code == 404 and json.loads(body) == {"error": msg}, path
+        code, _, body = fetch(base + "/camera/ghost")
+        assert code == 404 and f'<p id="error" class="error">{msg}</p>' in body.decode()
+        assert fetch(base + "/nowhere")[0] == 404
+    finally:
+        stop_web(proc)
 
 
 # --------------------------------------------------------- a real server

@@ -157,9 +157,11 @@ def _say(msg: str) -> None:
 
 def cmd_tail(a: argparse.Namespace) -> int:
     from pipeline.app.collect import ResultCollector
-    from pipeline.keys import CAMERAS_KEY, results_key
+    from pipeline.keys import CAMERA_NAME_RULE, CAMERAS_KEY, results_key, valid_camera_name
     from pipeline.redis_conn import connect, guard, url_for_reader
 
+    if not valid_camera_name(a.camera):
+        raise UserError(f"camera {a.camera!r}: {CAMERA_NAME_RULE}")
     r = guard(connect(url_for_reader(a.redis)), "mlink tail")
 
     def known() -> bool:
