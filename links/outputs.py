@@ -173,7 +173,7 @@ class ModelOutput:
             elif self.kind is OutputKind.KEYPOINTS:
                 rec["visible_keypoints"] = round(float(self.value or 0.0), 3)
                 if include_boxes and self.keypoints is not None:
-                    rec["keypoints"] = np.round(self.keypoints, 3).tolist()
+                    rec["keypoints"] = np.round(self.keypoints.astype(np.float64), 3).tolist()
         elif self.kind is OutputKind.PROBS:
             assert self.probs is not None
             rec["label"] = self.label
@@ -184,7 +184,7 @@ class ModelOutput:
         else:
             rec["value"] = round(float(self.value or 0.0), 5)
             if self.grid is not None:
-                rec["grid"] = np.round(self.grid, 3).tolist()
+                rec["grid"] = np.round(np.asarray(self.grid, np.float64), 3).tolist()  # float64: no 0.006000000052 in JSON
         for k, v in self.extra.items():
             # Extras never overwrite a schema field (e.g. a note about approximate boxes).
             rec[f"{k}_note" if k in rec else k] = v

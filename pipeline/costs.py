@@ -110,7 +110,8 @@ def measure_model(model: Model, frames: Sequence[np.ndarray], repeats: int = 3, 
         alloc_before = torch.cuda.memory_allocated(device)
         free_before = torch.cuda.mem_get_info(device)[0]
     cams = ["__measure__"] * len(frames)
-    model.predict(batches[0][: max(1, min(2, len(batches[0])))], cams[:2])  # warm-up (lazy init, caches, cuDNN autotune)
+    warm = batches[0][:2]
+    model.predict(warm, cams[: len(warm)])  # warm-up (lazy init, caches, cuDNN autotune)
     model.predict(batches[0], cams[: len(batches[0])])
     _sync(device)
     times = []

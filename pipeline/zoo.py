@@ -593,7 +593,7 @@ class OnnxDetector(Model):
             raw = np.concatenate([self._sess.run(None, {self._input: x[i : i + 1]})[0] for i in range(len(x))])
         nc = len(self.classes)
         outs = []
-        for (img, gx, gy, x0, y0), f, pred in zip(preps, frames, raw.astype(np.float32)):
+        for (_, gx, gy, x0, y0), f, pred in zip(preps, frames, raw.astype(np.float32)):
             h, w = f.shape[:2]
             sc = pred[4 : 4 + nc].T  # (A, C)
             cls = sc.argmax(axis=1)

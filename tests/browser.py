@@ -26,7 +26,7 @@ def chromium_available(install: bool = False) -> str | None:
     if CHROMIUM.exists() and CHROMEDRIVER.exists():
         return None
     if install:
-        p = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=900)
+        p = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=900, check=False)
         if p.returncode == 0 and CHROMIUM.exists() and CHROMEDRIVER.exists():
             return None
         return f"{INSTALL_SCRIPT.relative_to(REPO_ROOT)} failed: {(p.stderr or p.stdout).strip()[-500:]}"

@@ -175,18 +175,24 @@ def test_replay_starts_clean_unless_asked_to_keep_state(tmp_path: Path, redis_ur
         return read_jsonl(out)
 
     cam = gif23.stem
+
+    def first_version(recs: list[dict]) -> int:
+        return min(x["policy"]["links_version"] for x in recs if x["policy"].get("phase") == "budgeted")
+
     first = replay()
-    v1 = int(r.hget(f"links:{{{cam}}}", "version"))
-    processed1 = int(r.hget(metrics_key(cam), "processed"))
+    assert int(r.hget(f"links:{{{cam}}}", "version")) >= 1 and int(r.hget(metrics_key(cam), "processed")) == 23
+    r.hset(f"links:{{{cam}}}", "left_by_an_earlier_run", 1)
     second = replay()
     assert [x["frame"] for x in first] == [x["frame"] for x in second] == list(range(23))
-    assert int(r.hget(f"links:{{{cam}}}", "version")) == v1  # trained again from scratch, not on top
-    assert int(r.hget(metrics_key(cam), "processed")) == processed1 == 23  # counters restarted
-    assert second[0]["policy"]["phase"] == "cold-start"
+    assert second[0]["policy"]["phase"] == "cold-start"  # no links to start from: trained again from scratch
+    assert first_version(second) <= 2 and not r.hexists(f"links:{{{cam}}}", "left_by_an_earlier_run")
+    assert int(r.hget(metrics_key(cam), "processed")) == 23  # counters restarted
+    v2 = int(r.hget(f"links:{{{cam}}}", "version"))
+    r.hset(f"links:{{{cam}}}", "left_by_an_earlier_run", 1)
     third = replay("--keep-state")
     assert [x["frame"] for x in third] == list(range(23, 46))  # numbering continues: records stay unique
-    assert third[0]["policy"]["phase"] == "budgeted"  # the links trained before are used at once
-    assert int(r.hget(metrics_key(cam), "processed")) == 46
+    assert third[0]["policy"]["phase"] == "budgeted" and first_version(third) >= v2  # the links trained before, at once
+    assert int(r.hget(metrics_key(cam), "processed")) == 46 and r.hexists(f"links:{{{cam}}}", "left_by_an_earlier_run")
 
 
 def test_third_party_libraries_stay_quiet_and_out_of_the_users_home(tmp_path: Path, redis_url: str, gif23: Path) -> None:

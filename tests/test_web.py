@@ -305,7 +305,7 @@ def test_run_with_web_and_duration_streams_events_and_mjpeg_then_stops_by_itself
         assert head.startswith(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ")
         jpeg = body[: int(head.split(b"Content-Length: ")[1])]
         assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[1] == 240
-        out, err = proc.communicate(timeout=90)
+        _, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()

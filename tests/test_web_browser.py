@@ -173,6 +173,10 @@ def test_grid_shows_every_camera_with_its_annotated_frame(chrome: Any, live_web:
     # The frames move without a reload (server-sent events).
     first = chrome.execute_script(tile_frame("lobby"))
     wait_js(chrome, tile_frame("lobby", other_than=first), "a newer frame in the lobby tile")
+    same = "return [...document.querySelectorAll('.tile')].every(t => t.querySelector('.models').dataset.frame === t.dataset.frame)"
+    for _ in range(10):  # each tile's list describes the frame it shows
+        assert chrome.execute_script(same)
+        time.sleep(0.3)
     png = screenshot(chrome, tmp_path / "web-grid.png")
     keep(png)
     data = png.read_bytes()
@@ -182,11 +186,14 @@ def test_grid_shows_every_camera_with_its_annotated_frame(chrome: Any, live_web:
 
 def test_camera_page_shows_the_schedule_strip_moving(chrome: Any, live_web: str, tmp_path: Path) -> None:
     chrome.get(live_web + "/camera/door")
-    wait_js(chrome, "const i = document.getElementById('live'); return i.complete && i.naturalWidth > 0", "the live view (MJPEG)")
+    shown = wait_js(chrome, "const i = document.getElementById('live'); return i.complete && i.naturalWidth > 0 ? i.dataset.frame : null",
+                    "the annotated frame")
     first = int(wait_js(chrome, "return document.getElementById('strip').dataset.lastFrame", "the schedule strip"))
     later = int(wait_js(chrome, f"const f = document.getElementById('strip').dataset.lastFrame; return f && +f > {first} ? f : null",
                         "the strip to move on"))
     assert later > first
+    wait_js(chrome, f"const f = document.getElementById('live').dataset.frame; return f && f !== {json.dumps(shown)}", "the frame to move on")
+    assert chrome.find_element("id", "mjpeg").get_attribute("href").endswith("/camera/door/stream.mjpg")
     rows = chrome.execute_script("return [...document.querySelectorAll('#strip .row[data-model]')].map(r => r.dataset.model)")
     assert rows == CHEAP_MODELS
     wait_js(chrome, "return document.querySelectorAll('#strip .cell.o-linked, #strip .cell.o-held').length > 0 "
@@ -196,6 +203,11 @@ def test_camera_page_shows_the_schedule_strip_moving(chrome: Any, live_web: str,
     assert [v[0] for v in values] == CHEAP_MODELS
     assert all(v[1].split()[0] in ("executed", "linked", "held", "missing") for v in values), values
     assert "ours 40%" in chrome.find_element("css selector", "aside .budget-text").text
+    # The table describes the frame shown (same record), not a newer one.
+    same = "return document.querySelector('#values tbody').dataset.frame === document.getElementById('live').dataset.frame"
+    for _ in range(10):
+        assert chrome.execute_script(same)
+        time.sleep(0.3)
     png = screenshot(chrome, tmp_path / "web-camera.png")
     keep(png)
     assert image_spread(png.read_bytes(), element_box(chrome, "#live")) > 10, "the live view is uniform"

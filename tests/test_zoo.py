@@ -19,8 +19,8 @@ from pipeline.video import iter_frames
 from pipeline.zoo import (
     CallableModel,
     HaarModel,
-    Mog2MotionModel,
     Model,
+    Mog2MotionModel,
     OnnxDetector,
     UltralyticsModel,
     YoloModel,

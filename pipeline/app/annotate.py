@@ -77,7 +77,7 @@ def _dashed_rect(img: np.ndarray, p1: tuple[int, int], p2: tuple[int, int], colo
 
 def _label(img: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int], scale: float) -> None:
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    h, w = img.shape[:2]
+    w = img.shape[1]
     x = max(0, min(x, w - tw - 4))
     top = y - th - base - 4
     if top < 0:  # no room above the box: inside it
@@ -104,7 +104,7 @@ def draw(image: np.ndarray, rec: Record) -> np.ndarray:
         color = _bgr(colors[model])
         for b in o.get("boxes") or []:
             try:
-                x1, y1, x2, y2 = (int(round(float(v) * s)) for v, s in zip(b[:4], (w, h, w, h)))
+                x1, y1, x2, y2 = (round(float(v) * s) for v, s in zip(b[:4], (w, h, w, h)))
             except (TypeError, ValueError):
                 continue
             x1, x2 = sorted((max(0, min(w - 1, x1)), max(0, min(w - 1, x2))))

@@ -93,6 +93,8 @@ def _replay(cfg: Config, url: str, *, seed: Callable[[redis.Redis], None] | None
     store, progress = RecordStore(), ProgressSink(total, desc, leave=False)
     t0 = time.monotonic()
     res = run_session(cfg, url, [store, progress], SessionOptions(fresh=True, workers=1, on_prepared=seed), say=progress.say)
+    if res.interrupted:
+        raise KeyboardInterrupt  # Ctrl-C stops the whole benchmark, not just this run
     done = [rec["wall"] + rec["latency_ms"]["total"] / 1000 for cr in store.records.values() for rec in cr.values()]
     span = (max(done) - min(done)) if len(done) > 1 else 0.0
     errors = dict(res.errors)

@@ -338,7 +338,8 @@ def run_session(cfg: Config, redis_url: str, sinks: list[Any], opts: SessionOpti
                         break
         restarts = sup.restarts()
     stop.restore()
-    lost = {} if stop.flag else {c: rs for c in cams if (rs := coll.progress[c].lost())}
+    # Frames of a camera that failed are unrecorded for a reason already said; the others' gaps are losses.
+    lost = {} if stop.flag else {c: rs for c in cams if not coll.progress[c].error and (rs := coll.progress[c].lost())}
     for c, rs in lost.items():
         n = sum(b - a for a, b in rs)
         say(f"mlink: error: camera {c}: {n} frame(s) sent have no record (frames {describe_ranges(rs, most=20)}): "

@@ -11,15 +11,20 @@ little JavaScript from ``static/``, no build step.
                                    budget used vs limit, each model's origin and value
 ``/camera/{name}``                 the live view large, the schedule strip over the last
                                    frames (executed / linked / held per model), latest values
-``/camera/{name}/latest.jpg``      the annotated latest frame (a placeholder before the first)
+``/camera/{name}/latest.jpg``      the annotated latest frame (a placeholder before the first);
+                                   ``?frame=N``: that frame if a page was just told about it
 ``/camera/{name}/stream.mjpg``     the annotated frames as MJPEG
 ``/api/cameras``                   JSON: what the grid shows
 ``/api/camera/{name}/records``     JSON: the last ``count`` records (1..1000, default 50)
-``/events``, ``/camera/{name}/events``  server-sent events: the same, pushed every 0.5 s
+``/events``                        server-sent events for the grid (the same JSON), every 0.5 s
+``/camera/{name}/events``          the same for a camera page, with the new strip entries
 =================================  ==========================================================
 
 Drawing happens here, on demand (:mod:`pipeline.app.annotate`), and only for frames
-someone looks at; the last annotated JPEG per camera is cached in this process.
+someone looks at; the last annotated JPEG per camera is cached in this process. A page
+shows the frame and the numbers of the same record: the event it got names the frame,
+the last few previews that events announced are kept here (4 per camera), and the page
+redraws its table when that frame's image has loaded.
 
 Failure modes: an unknown camera is a 404 naming the known ones; a camera without
 frames yet gets a placeholder; while Redis is unreachable the JSON endpoints answer
@@ -37,8 +42,9 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import anyio
 import redis
@@ -132,7 +138,8 @@ class Board:
         self._summary: tuple[float, dict[str, Any]] | None = None
         self._last_cameras: list[dict[str, Any]] = []
         self._history: dict[str, deque[tuple[float, int, int]]] = {}
-        self._frames: dict[str, tuple[int, bytes]] = {}
+        self._frames: dict[str, tuple[int, bytes]] = {}  # camera -> the last drawn (frame, JPEG)
+        self._seen: dict[str, deque[tuple[int, bytes, str]]] = {}  # camera -> the last previews a summary read (frame, JPEG, record)
         self._draw_locks: dict[str, threading.Lock] = {}
 
     # -- Redis, with every connection failure turned into RedisAway
@@ -198,10 +205,16 @@ class Board:
         for cam, m in snap.items():
             pipe = r.pipeline(transaction=False)
             pipe.xrevrange(status_key(cam), count=1)
-            pipe.hmget(preview_key(cam), "frame", "json")
+            pipe.hmget(preview_key(cam), "frame", "json", "jpeg")
             pipe.xrevrange(results_key(cam), count=1)
             pipe.hget(camera_key(cam), "failed")
-            last_ev, (pframe, pjson), last_res, failed = pipe.execute()
+            last_ev, (pframe, pjson, pjpeg), last_res, failed = pipe.execute()
+            if pframe is not None and pjpeg:
+                # Kept so that the page's image of this frame is drawn from this very record, even
+                # after the preview has moved on (the page asks for latest.jpg?frame=N).
+                seen = self._seen.setdefault(cam, deque(maxlen=4))
+                if not seen or seen[-1][0] != int(pframe):
+                    seen.append((int(pframe), bytes(pjpeg), _s(pjson or b"{}")))
             ev = json.loads(last_ev[0][1][b"json"]) if last_ev else {}
             rec = json.loads(pjson) if pjson else (json.loads(last_res[0][1][b"json"]) if last_res else None)
             newest = json.loads(last_res[0][1][b"json"]) if last_res else None
@@ -279,25 +292,34 @@ class Board:
         return out, after
 
     # -- frames
-    def annotated(self, cam: str) -> tuple[int, bytes] | None:
-        """(frame, JPEG) of the latest previewed frame with its record drawn on it; None before the first."""
+    def annotated(self, cam: str, frame: int | None = None) -> tuple[int, bytes] | None:
+        """(frame, JPEG) with its record drawn on it: ``frame`` if a recent summary saw it (what the
+        page shows beside it), else the latest previewed frame; None before the first."""
         with self._lock:
             lock = self._draw_locks.setdefault(cam, threading.Lock())
+            wanted = next((p for p in self._seen.get(cam, ()) if p[0] == frame), None) if frame is not None else None
         with lock:  # one drawing per camera at a time, whoever asks
-            raw = self._call(lambda r: r.hget(preview_key(cam), "frame"))
-            if raw is None:
-                return None
             cached = self._frames.get(cam)
-            if cached is not None and cached[0] == int(raw):
+            if wanted is None:
+                raw = self._call(lambda r: r.hget(preview_key(cam), "frame"))
+                if raw is None:
+                    return None
+                if cached is not None and cached[0] == int(raw):
+                    return cached
+                f, jpeg, rec = self._call(lambda r: r.hmget(preview_key(cam), "frame", "jpeg", "json"))
+                if f is None or not jpeg:
+                    return cached
+                wanted = (int(f), bytes(jpeg), _s(rec or b"{}"))
+            elif cached is not None and cached[0] == wanted[0]:
                 return cached
-            frame, jpeg, rec = self._call(lambda r: r.hmget(preview_key(cam), "frame", "jpeg", "json"))
-            img = decode_jpeg(jpeg) if jpeg else None
-            if frame is None or img is None:
+            n, jpeg, rec = wanted
+            img = decode_jpeg(jpeg)
+            if img is None:
                 return cached
             try:
-                out = (int(frame), encode_jpeg(draw(img, json.loads(rec) if rec else {})))
+                out = (n, encode_jpeg(draw(img, json.loads(rec))))
             except (ValueError, TypeError):
-                out = (int(frame), bytes(jpeg))  # a record we cannot draw: the frame as it is
+                out = (n, jpeg)  # a record we cannot draw: the frame as it is
             self._frames[cam] = out
             return out
 
@@ -365,8 +387,9 @@ def create_app(board: Board, *, stopping: threading.Event | None = None, tick_s:
         name = request.path_params["name"]
         if (resp := await known_or_404(name, api=True)) is not None:
             return resp
+        raw = request.query_params.get("frame", "")
         try:
-            got = await run(board.annotated, name)
+            got = await run(board.annotated, name, int(raw) if raw.isdigit() else None)
         except RedisAway:
             return Response(placeholder("redis unreachable"), status_code=503, media_type="image/jpeg")
         headers = {"Cache-Control": "no-store"}

@@ -10,7 +10,29 @@ let colors = {};
 document.title = "mlink: " + NAME;
 document.getElementById("title").textContent = NAME;
 document.getElementById("strip-n").textContent = KEEP;
-document.getElementById("live").src = `/camera/${encodeURIComponent(NAME)}/stream.mjpg`;
+const BASE = `/camera/${encodeURIComponent(NAME)}`;
+document.getElementById("mjpeg").href = BASE + "/stream.mjpg";
+document.getElementById("json").href = `/api/camera/${encodeURIComponent(NAME)}/records?count=20`;
+let loading = false;
+
+// The frame and the table describe the same record: the table is redrawn when the image of
+// its frame has loaded (the server keeps that frame for this page even if a newer one exists).
+function showFrame(cam, then) {
+  const img = document.getElementById("live");
+  if (cam.frame === null || String(cam.frame) === img.dataset.frame) { then(); return; }
+  if (loading) return;
+  loading = true;
+  const next = new Image();
+  next.onload = () => {
+    img.src = next.src;
+    img.dataset.frame = String(cam.frame);
+    document.getElementById("live-placeholder").hidden = true;
+    loading = false;
+    then();
+  };
+  next.onerror = () => { loading = false; };
+  next.src = `${BASE}/latest.jpg?frame=${cam.frame}`;
+}
 
 function renderStrip() {
   const models = entries.length ? Object.keys(entries[entries.length - 1].o) : [];
@@ -51,6 +73,7 @@ function renderStrip() {
 
 function renderCamera(cam) {
   setState(document.getElementById("state"), cam);
+  showFrame(cam, () => renderValues(cam));
   const stats = document.getElementById("stats");
   const parts = statsLine(cam);
   if (cam.phase) parts.push(cam.phase);
@@ -58,8 +81,12 @@ function renderCamera(cam) {
   const t = cam.totals;
   parts.push(`outputs so far: ${t.executed} executed, ${t.linked} linked, ${t.held} held`);
   stats.replaceChildren(...parts.map((s) => el("span", "", s)));
+}
+
+function renderValues(cam) {
   setBudget(document.querySelector("aside"), cam);
   const tbody = document.querySelector("#values tbody");
+  tbody.dataset.frame = String(cam.frame);
   tbody.replaceChildren(...cam.models.map((m) => {
     colors[m.name] = m.color;
     const tr = el("tr", "o-" + m.origin);

@@ -20,21 +20,27 @@ function makeTile(name) {
   const meter = el("div", "meter");
   meter.append(el("div", "fill"));
   budget.append(meter, el("span", "budget-text"));
-  t.append(head, view, el("div", "stats"), budget, el("ul", "models"));
+  const stats = el("div", "stats");
+  stats.append(el("span", "numbers"), el("span", "phase"));
+  t.append(head, view, stats, budget, el("ul", "models"));
   return t;
 }
 
-function loadFrame(tile, cam) {
+// The models list describes the frame shown: it is redrawn when the image of its frame has loaded.
+function loadFrame(tile, cam, then) {
   const img = tile.querySelector("img.frame");
-  if (cam.frame === null || String(cam.frame) === tile.dataset.frame || tile.dataset.loading) return;
+  if (cam.frame === null || String(cam.frame) === tile.dataset.frame) { then(); return; }
+  if (tile.dataset.loading) return;
   tile.dataset.loading = "1";
   const next = new Image();
   next.onload = () => {
     img.src = next.src;
     img.hidden = false;
+    tile.querySelector(".view").style.aspectRatio = `${next.naturalWidth} / ${next.naturalHeight}`;
     tile.querySelector(".placeholder").hidden = true;
     tile.dataset.frame = String(cam.frame);
     delete tile.dataset.loading;
+    then();
   };
   next.onerror = () => { delete tile.dataset.loading; };
   next.src = `/camera/${encodeURIComponent(cam.name)}/latest.jpg?frame=${cam.frame}`;
@@ -47,12 +53,18 @@ function updateTile(tile, cam) {
   if (cam.frame === null) {
     ph.textContent = cam.failed ? cam.failed : "no frames yet";
   }
-  loadFrame(tile, cam);
-  const stats = tile.querySelector(".stats");
-  stats.replaceChildren(...statsLine(cam).map((s, i) => el("span", ["fps", "lag", "processed", "skipped", "dropped"][i] || "", s)));
-  if (cam.phase) stats.append(el("span", "phase phase-" + cam.phase, cam.phase));
+  const numbers = statsLine(cam).map((s) => el("span", s.endsWith("frames/s") ? "fps" : (s.startsWith("lag") ? "lag" : ""), s));
+  tile.querySelector(".stats .numbers").replaceChildren(...numbers);
+  loadFrame(tile, cam, () => renderModels(tile, cam));
+}
+
+function renderModels(tile, cam) {
+  const phase = tile.querySelector(".stats .phase");
+  phase.textContent = cam.phase || "";
+  phase.className = "phase phase-" + (cam.phase || "none");
   setBudget(tile, cam);
   const ul = tile.querySelector(".models");
+  ul.dataset.frame = String(cam.frame);
   ul.replaceChildren(...cam.models.map((m) => {
     const li = el("li", "model o-" + m.origin);
     li.dataset.model = m.name;
