@@ -13,9 +13,10 @@ import glob
 import importlib.util
 import json
 import re
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
 import yaml
 from pydantic import (
@@ -255,6 +256,45 @@ def resolve_model_spec(item: Any) -> AdapterSpec:
             raise ValueError("model spec needs a 'name'")
         return _ADAPTERS[adapter](**item)
     raise ValueError(f"a model is a zoo name or a mapping, not {type(item).__name__}")
+
+
+BUILTIN_TARGETS = "pipeline.builtin_models:"  # the project's own callables are always trusted
+
+
+def spec_code_refs(item: Any) -> list[str]:
+    """What a model spec would make a process import or load: a callable target, weight files.
+    A zoo name refers to the packaged zoo and names nothing else."""
+    if hasattr(item, "model_dump"):
+        item = item.model_dump(mode="json")
+    if not isinstance(item, dict):
+        return []
+    return [str(item[k]) for k in ("target", "path", "weights") if item.get(k) is not None]
+
+
+@dataclass(frozen=True)
+class TrustedCode:
+    """The code and weight files a worker may import or load because ITS side said so: the
+    packaged zoo, the project's built-ins, the models of its own config and its ``--allow``
+    flags. Camera registrations in Redis name models too, but anyone who can write to Redis
+    could name any module or pickle: a ref not trusted here is refused, never loaded."""
+
+    refs: frozenset[str]
+
+    @classmethod
+    def of(cls, specs: Iterable[Any] = (), allow: Iterable[str] = ()) -> "TrustedCode":
+        refs = set(allow)
+        for item in [*ZOO.values(), *specs]:
+            refs.update(spec_code_refs(item))
+        return cls(frozenset(refs))
+
+    def refusal(self, item: Any) -> str | None:
+        """Why this (raw, unvalidated) spec must not be loaded here, or None."""
+        for ref in spec_code_refs(item):
+            if ref not in self.refs and not ref.startswith(BUILTIN_TARGETS):
+                name = item.get("name", "?") if isinstance(item, dict) else "?"
+                return (f"model {name}: refused to load {ref!r}: it is not in this worker's own config or --allow "
+                        "(a camera's registration in Redis is not trusted to choose code or weights)")
+        return None
 
 
 def resolve_model_specs(items: list[Any], where: str) -> list[AdapterSpec]:

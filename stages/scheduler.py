@@ -56,7 +56,7 @@ from links.errors import LinksError
 from links.outputs import ModelOutput, Origin
 from links.samples import ModelMeta
 from pipeline.backoff import Backoff
-from pipeline.config import Mode, resolve_model_specs
+from pipeline.config import Mode, TrustedCode, resolve_model_specs
 from pipeline.errors import UserError, say_stderr
 from pipeline.exitcodes import ExitCode
 from pipeline.keys import (
@@ -175,6 +175,7 @@ class Worker:
         sleep: Callable[[float], None] = time.sleep,
         say: Callable[[str], None] = say_stderr,
         preview_every_s: float = 0.1,
+        trusted: TrustedCode | None = None,
     ) -> None:
         self.r = r
         self.preview_every_s = preview_every_s
@@ -191,6 +192,7 @@ class Worker:
         self.model_specs: dict[str, Any] = {}
         self.stats = WorkerStats()
         self.say = say
+        self.trusted = trusted or TrustedCode.of()  # the packaged zoo and the built-ins only
         self.outage = Outage(f"worker {self.name}", say, clock)
         self._last_refresh = -1e9
         self._last_claim = clock()
@@ -228,7 +230,11 @@ class Worker:
 
     def _add_camera(self, cam: str, info: dict[bytes, bytes]) -> None:
         # Re-checked on this host (its packages, its CUDA): a problem fails the camera with one line.
-        specs = resolve_model_specs(json.loads(info[b"models"]), f"camera {cam}")
+        raw = json.loads(info[b"models"])
+        for item in raw:  # before validating: validation already resolves packages and reads files
+            if (why := self.trusted.refusal(item)) is not None:
+                raise UserError(f"camera {cam}: {why}")
+        specs = resolve_model_specs(raw, f"camera {cam}")
         for s in specs:
             if s.name not in self.models:
                 self.models[s.name] = build_model(s)
@@ -545,8 +551,10 @@ class Worker:
         }
 
 
-def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_idle_ms: int = 10_000) -> int:
-    """Process entry point (the supervisor starts N of these)."""
+def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_idle_ms: int = 10_000,
+                allow: tuple[str, ...] = ()) -> int:
+    """Process entry point (the supervisor starts N of these). ``allow``: the code and weight
+    refs of the supervisor's own config, which this worker may load."""
     stop = {"flag": False}
 
     def _stop(*_: object) -> None:
@@ -556,5 +564,6 @@ def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     r = connect(redis_url)
     policy = make_frame_policy(policy_name, r)
-    Worker(r, policy, batch=batch, claim_idle_ms=claim_idle_ms, should_stop=lambda: stop["flag"]).run()
+    Worker(r, policy, batch=batch, claim_idle_ms=claim_idle_ms, should_stop=lambda: stop["flag"],
+           trusted=TrustedCode.of(allow=allow)).run()
     return ExitCode.OK

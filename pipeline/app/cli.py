@@ -264,7 +264,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from pipeline.config import SchedulerConfig, load_config
+    from pipeline.config import SchedulerConfig, TrustedCode, load_config
     from pipeline.costs import measure_config_costs
     from pipeline.metrics import serve_metrics
     from pipeline.redis_conn import connect, redact
@@ -282,7 +282,9 @@ def cmd_worker(a: argparse.Namespace) -> int:
     if a.metrics_port is not None:
         server, _ = serve_metrics(r, a.metrics_port)
         print(f"mlink: metrics on http://127.0.0.1:{server.server_port}/metrics", file=sys.stderr)
-    stats = Worker(r, policy, batch=a.batch or cfg.scheduler.batch, claim_idle_ms=a.claim_idle_ms, should_stop=lambda: stop.flag).run()
+    trusted = TrustedCode.of(cfg.all_model_specs(), allow=a.allow or ())
+    stats = Worker(r, policy, batch=a.batch or cfg.scheduler.batch, claim_idle_ms=a.claim_idle_ms, should_stop=lambda: stop.flag,
+                   trusted=trusted).run()
     print(f"worker: {stats.frames} frames, {stats.reclaimed} reclaimed, {stats.skipped} skipped, {stats.bad_frames} bad", file=sys.stderr)
     return ExitCode.OK
 
@@ -416,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", help=BUDGET_HELP)
     s.add_argument("--claim-idle-ms", type=int, default=10_000, help="reclaim frames a dead worker left pending this long")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT (all cameras, from Redis)")
+    s.add_argument("--allow", action="append", metavar="REF",
+                   help="a callable target (module:function) or weight file this worker may load for cameras registered in Redis "
+                        "(repeatable; the packaged zoo and the models of --config are always allowed)")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("decoder", help="run only one camera's decoder")

@@ -33,7 +33,7 @@ from typing import Any, Callable
 from links.errors import LinksError
 from pipeline.app.web import web_main
 from pipeline.backoff import Backoff
-from pipeline.config import Config
+from pipeline.config import Config, spec_code_refs
 from pipeline.errors import UserError
 from pipeline.exitcodes import ExitCode, should_restart
 from pipeline.metrics import serve_metrics
@@ -119,7 +119,10 @@ class Supervisor:
             self.add(Child(f"decoder:{cam.name}", decoder_main, (cam.model_dump_json(), redis_url, base)))
         n = workers or cfg.scheduler.workers
         for i in range(n):
-            self.add(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.runtime_options(), claim_idle_ms)))
+            # The workers may load what this config names (its models), and nothing else Redis says.
+            allow = tuple(sorted({ref for s in cfg.all_model_specs() for ref in spec_code_refs(s)}))
+            self.add(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.runtime_options(),
+                                                        claim_idle_ms, allow)))
         if web is not None:
             self.add(Child("web", web_main, (redis_url, *web)))  # (host, port): the web view
 
