@@ -37,7 +37,7 @@ def format_tables(res: dict[str, Any]) -> str:
     ]
     for p, v in s["at"].items():
         lines.append(f"| {p} | {_f(v['mean']['1/5'])} | {_f(v['mean']['1/3'])} | {_f(v['informative']['1/5'])} | {_f(v['informative']['1/3'])} |")
-    lines += ["", "Every run (mean ± spread over valid repeats; compute = measured model time / all's, cold start included):", "",
+    lines += ["", "Every run (mean ± spread over valid repeats; compute = executed outputs priced at their measured ms in the reference run, over all's, cold start included):", "",
               "| policy | budget | valid | compute | mean acc | informative acc | box F1 | count MAE | frames/s |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in s["rows"]:
