@@ -118,7 +118,13 @@ class GuardedRetry(Retry):
 
 def guard(client: Any, who: str, *, say: Callable[[str], None] = say_stderr, should_stop: Callable[[], bool] = lambda: False,
           on_back: Callable[[float], None] | None = None) -> Any:
-    """Make every later command of ``client`` wait out a Redis outage (see :class:`GuardedRetry`)."""
+    """Make every later command of ``client`` wait out a Redis outage (see :class:`GuardedRetry`).
+
+    Not on a Redis Cluster client: it reads the retry count to bound its own attempts (a
+    "retry forever" there means no attempt at all), so a cluster keeps redis-py's own retries.
+    """
+    if is_cluster(client):
+        return client
     client.set_retry(GuardedRetry(Outage(who, say, on_back=on_back), should_stop))
     return client
 
