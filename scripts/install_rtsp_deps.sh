@@ -26,23 +26,7 @@ if check; then
   exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
-    echo "install_rtsp_deps: need root (or sudo) to apt-get install" >&2; exit 1
-  fi
-fi
-
-log=$(mktemp -t install_rtsp_deps.XXXXXX.log)
-trap 'rm -f "$log"' EXIT
-export DEBIAN_FRONTEND=noninteractive
-
-echo "install_rtsp_deps: installing ${PKGS[*]}" >&2
-if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${PKGS[@]}"; } >"$log" 2>&1; then
-  echo "install_rtsp_deps: apt-get failed:" >&2
-  tail -n 40 "$log" >&2
-  exit 1
-fi
+bash "$(dirname "$0")/apt_install.sh" install_rtsp_deps "${PKGS[@]}"
 
 if ! check; then
   echo "install_rtsp_deps: packages installed but GstRtspServer still not importable from $PY" >&2

@@ -19,16 +19,8 @@ fi
 need=()
 [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
-  log=$(mktemp -t test_deps.XXXXXX.log)
-  echo "test: installing ${need[*]}" >&2
-  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$log" 2>&1; then
-    tail -n 20 "$log" >&2
-    echo "test: could not install ${need[*]}; the cluster and TLS tests will fail" >&2
-  fi
-  rm -f "$log"
+if [ ${#need[@]} -gt 0 ] && ! bash scripts/apt_install.sh test "${need[@]}"; then
+  echo "test: could not install ${need[*]}; the cluster and TLS tests will fail" >&2
 fi
 
 export MLINK_HOME="${MLINK_HOME:-$(mktemp -d)}"
