@@ -40,8 +40,6 @@ class Governor:
     alpha: float = 0.3  # weight of a new measurement in the running estimate
     margin: float = 0.05  # admit a model only if its estimate x (1 + margin) fits: measurements vary
     _frames: deque[_Frame] = field(init=False, repr=False)
-    frames: int = field(default=0, init=False)
-    total: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         if not self.limit > 0:
@@ -101,8 +99,6 @@ class Governor:
         pending = next((f for f in self._frames if not f.final), None)
         if pending is not None:
             pending.spend, pending.final = spent, True
-        self.frames += 1
-        self.total += spent
         return spent
 
     def used(self) -> float:

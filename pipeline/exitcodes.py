@@ -19,10 +19,6 @@ class ExitCode(IntEnum):
     TEMPFAIL = 75  # sysexits EX_TEMPFAIL: restart me later
     INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT)
 
-    @property
-    def restart(self) -> bool:
-        return self is not ExitCode.OK and self is not ExitCode.FAILED
-
 
 def should_restart(code: int | None) -> bool:
     """Whether a stage process that exited with ``code`` is to be started again."""

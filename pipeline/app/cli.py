@@ -18,7 +18,7 @@ from typing import Any
 
 from links.errors import LinksError
 from pipeline.config import Config
-from pipeline.errors import UserError
+from pipeline.errors import UserError, say_stderr
 from pipeline.exitcodes import ExitCode
 from pipeline.home import quiet_third_party
 from pipeline.redis_conn import REDIS_DOWN, first_line
@@ -147,12 +147,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
         sinks.append(jsonl)
     with _Redis(a.redis) as url:
         opts = SessionOptions(fresh=not a.keep_state, workers=a.workers, batch=a.batch)
-        res = run_session(cfg, url, sinks, opts, say=progress.say if progress else _say)
+        res = run_session(cfg, url, sinks, opts, say=progress.say if progress else say_stderr)
     return _finish(res, summary, a.out, jsonl)
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def cmd_tail(a: argparse.Namespace) -> int:

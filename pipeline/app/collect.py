@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import redis
 
@@ -142,52 +142,46 @@ class ResultCollector:
             out.extend(self.r.xread({first: ids[first]}, count=count, block=max(10, block_ms // len(ids))) or [])
         return out
 
-    def poll_records(self, block_ms: int = 200, count: int = 500) -> list[dict[str, Any]]:
-        # BLOCK 0 would mean 'forever' to Redis: 0 here means 'do not block'.
-        resp = self._xread(self.ids, count, block_ms)
-        out = []
-        for key, items in resp or []:
+    def _entries(self, ids: dict[str, str], count: int, block_ms: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(stream key, JSON body) of each new entry, advancing the read position in ``ids``."""
+        for key, items in self._xread(ids, count, block_ms):
             k = key.decode() if isinstance(key, bytes) else key
             for eid, fields in items:
-                self.ids[k] = eid.decode() if isinstance(eid, bytes) else eid
+                ids[k] = eid.decode() if isinstance(eid, bytes) else eid
                 raw = fields.get(b"json") or fields.get("json")
-                if raw is None:
-                    continue
-                rec = json.loads(raw)
-                cam = rec["camera"]
-                if self.seen.add((cam, int(rec["frame"]))):
-                    self.progress[cam].records += 1
-                    self.progress[cam].received.add(int(rec["frame"]))
-                    out.append(rec)
-                else:
-                    self.progress[cam].duplicates += 1
+                if raw is not None:
+                    yield k, json.loads(raw)
+
+    def poll_records(self, block_ms: int = 200, count: int = 500) -> list[dict[str, Any]]:
+        # BLOCK 0 would mean 'forever' to Redis: 0 here means 'do not block'.
+        out = []
+        for _, rec in self._entries(self.ids, count, block_ms):
+            cam = rec["camera"]
+            if self.seen.add((cam, int(rec["frame"]))):
+                self.progress[cam].records += 1
+                self.progress[cam].received.add(int(rec["frame"]))
+                out.append(rec)
+            else:
+                self.progress[cam].duplicates += 1
         return out
 
     def poll_status(self) -> list[dict[str, Any]]:
-        resp = self._xread(self.status_ids, 1000, 0)
         out = []
-        for key, items in resp or []:
-            k = key.decode() if isinstance(key, bytes) else key
-            for eid, fields in items:
-                self.status_ids[k] = eid.decode() if isinstance(eid, bytes) else eid
-                raw = fields.get(b"json") or fields.get("json")
-                if raw is None:
-                    continue
-                ev = json.loads(raw)
-                cam = ev.get("camera", k)
-                p = self.progress[cam]
-                p.events.append(ev)
-                if ev["event"] in ("eos", "error", "failed", "stopped"):
-                    if "frames" in ev:
-                        p.expected = int(ev["frames"]) - int(ev.get("first_frame", 0)) - int(ev.get("dropped", 0))
-                        p.first_frame, p.last_frame = int(ev.get("first_frame", 0)), int(ev["frames"])
-                        p.dropped_or_skipped = bool(ev.get("dropped")) or ev.get("mode") == "live"
-                    if ev["event"] in ("error", "failed"):
-                        p.error = ev.get("reason")
-                    if ev["event"] == "failed" and ev.get("worker") is not None:
-                        p.failed_by_worker = True
-                    p.ended = True
-                out.append(ev)
+        for k, ev in self._entries(self.status_ids, 1000, 0):
+            cam = ev.get("camera", k)
+            p = self.progress[cam]
+            p.events.append(ev)
+            if ev["event"] in ("eos", "error", "failed", "stopped"):
+                if "frames" in ev:
+                    p.expected = int(ev["frames"]) - int(ev.get("first_frame", 0)) - int(ev.get("dropped", 0))
+                    p.first_frame, p.last_frame = int(ev.get("first_frame", 0)), int(ev["frames"])
+                    p.dropped_or_skipped = bool(ev.get("dropped")) or ev.get("mode") == "live"
+                if ev["event"] in ("error", "failed"):
+                    p.error = ev.get("reason")
+                if ev["event"] == "failed" and ev.get("worker") is not None:
+                    p.failed_by_worker = True
+                p.ended = True
+            out.append(ev)
         return out
 
     def all_complete(self) -> bool:
