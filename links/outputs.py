@@ -27,6 +27,9 @@ Kinds and their fields (``*`` = only in records written with boxes):
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -235,3 +238,31 @@ class ModelOutput:
             return cls(kind, names, probs=probs)
         grid = rec.get("grid")
         return cls(kind, tuple(classes or ()), value=rec["value"], grid=None if grid is None else np.asarray(grid, np.float32))
+
+
+_ARRAY_FIELDS = ("boxes", "scores", "class_ids", "probs", "grid", "coverage", "keypoints")
+
+
+def output_to_bytes(o: ModelOutput) -> bytes:
+    """A lossless, code-free serialisation of ``o`` (every array in full, unlike a record,
+    which lists only a topk's top 5): how workers share held outputs through Redis."""
+    arrays = {k: np.asarray(v) for k in _ARRAY_FIELDS if (v := getattr(o, k)) is not None}
+    meta = {"kind": o.kind.value, "n_classes": len(o.classes), "value": o.value, "extra": o.extra}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def output_from_bytes(data: bytes, classes: tuple[str, ...]) -> ModelOutput:
+    """Inverse of :func:`output_to_bytes`, for a model with these ``classes`` (the reader knows
+    them; they are not repeated in every copy). Reads arrays only (``allow_pickle=False``):
+    bytes from Redis never run code. Raises ValueError on anything else."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            arrays = {k: z[k] for k in _ARRAY_FIELDS if k in z.files}
+        if int(meta["n_classes"]) != len(classes):
+            raise ValueError(f"{meta['n_classes']} classes, the model has {len(classes)}")
+        return ModelOutput(OutputKind(meta["kind"]), tuple(classes), value=meta.get("value"), extra=dict(meta.get("extra") or {}), **arrays)
+    except (OSError, EOFError, KeyError, TypeError, ValueError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not a serialised model output: {exc}") from None

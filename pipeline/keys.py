@@ -17,6 +17,10 @@ key                    type    what it holds (writer)
 ``metrics:{cam}``      hash    counters kept in the data's own transactions (all stages)
 ``preview:{cam}``      hash    the newest recorded frame for the web view: ``frame``, ``jpeg``,
                                ``json`` (its record); one entry, overwritten (worker)
+``held:{cam}``         hash    per model, its newest executed output (``model``, lossless bytes)
+                               and that frame (``model@``): the temporal context budgeted
+                               policies fill from, shared by every worker; one entry per
+                               model, written in the record's own script (worker)
 =====================  ======  ==============================================================
 """
 
@@ -37,7 +41,7 @@ def valid_camera_name(name: str) -> bool:
     return bool(_CAMERA_NAME.match(name)) and name not in (".", "..")
 
 
-_PER_CAMERA = ("camera", "frames", "results", "status", "links", "metrics", "preview")
+_PER_CAMERA = ("camera", "frames", "results", "status", "links", "metrics", "preview", "held")
 _KEY_RE = re.compile(r"^(?P<kind>[a-z]+):\{(?P<cam>[^{}]+)\}$")
 
 
@@ -73,6 +77,11 @@ def metrics_key(cam: str) -> str:
 def preview_key(cam: str) -> str:
     """The newest recorded frame (JPEG) with its record, for the web view: one entry, bounded."""
     return _key("preview", cam)
+
+
+def held_key(cam: str) -> str:
+    """Each model's newest executed output and its frame, shared by the workers of a camera: bounded by the model count."""
+    return _key("held", cam)
 
 
 def camera_keys(cam: str) -> list[str]:

@@ -27,11 +27,7 @@ from pipeline.backoff import Backoff
 from pipeline.config import CameraConfig, Mode
 from pipeline.errors import UserError
 from pipeline.exitcodes import ExitCode
-from pipeline.keys import (
-    camera_key,
-    frames_key,
-    status_key,
-)
+from pipeline.keys import GROUP, camera_key, frames_key, status_key
 from pipeline.metrics import count_dropped, count_status
 from pipeline.redis_conn import REDIS_DOWN, connect, guard
 from pipeline.registry import failed_reason, register_camera
@@ -40,22 +36,30 @@ from pipeline.video import source_label
 from stages.live_source import LiveSource, RedisGuard, source_options
 
 # KEYS: frames:{cam}, camera:{cam}. ARGV: frame index, next_frame after it, source position,
-# live MAXLEN (0 = replay: no trimming), then the frame's field/value pairs. Sends the frame
-# once: a write retried after a lost reply finds next_frame already past it (returns -1).
-# Returns 1 when the live bound trimmed an unread frame, else 0.
+# live MAXLEN (0 = replay: no trimming), the consumer group, then the frame's field/value
+# pairs. Sends the frame once: a write retried after a lost reply finds next_frame already
+# past it (returns -1). Returns how many unread frames the live bound trimmed (counted as
+# ``dropped`` in the camera hash, in the same script).
 _SEND_LUA = """
 local sent = tonumber(redis.call('HGET', KEYS[2], 'next_frame') or '0')
 if sent > tonumber(ARGV[1]) then return -1 end
 local maxlen = tonumber(ARGV[4])
 local trimmed = 0
 if maxlen > 0 then
-  if redis.call('XLEN', KEYS[1]) >= maxlen then trimmed = 1 end
-  redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, '*', unpack(ARGV, 5))
+  local over = redis.call('XLEN', KEYS[1]) - maxlen + 1
+  if over > 0 then
+    -- Only frames no worker has read are lost here. A trimmed frame a worker holds (pending)
+    -- still gets its record; if that worker dies, the reclaim counts it (_RECLAIM_LUA).
+    for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)) do
+      if #redis.call('XPENDING', KEYS[1], ARGV[5], e[1], e[1], 1) == 0 then trimmed = trimmed + 1 end
+    end
+  end
+  redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, '*', unpack(ARGV, 6))
 else
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 6))
 end
 redis.call('HSET', KEYS[2], 'next_frame', ARGV[2], 'source_pos', ARGV[3])
-if trimmed == 1 then redis.call('HINCRBY', KEYS[2], 'dropped', 1) end
+if trimmed > 0 then redis.call('HINCRBY', KEYS[2], 'dropped', trimmed) end
 return trimmed
 """
 
@@ -155,14 +159,13 @@ class Decoder:
 
     def _send(self, msg: FrameMsg, ckey: str, next_frame: int, pos: int) -> None:
         fields = encode_frame(msg, self.cam.encoding, self.cam.jpeg_quality)
-        args: list[object] = [msg.frame, next_frame, pos, self.cam.max_len if self.cam.mode is Mode.LIVE else 0]
+        args: list[object] = [msg.frame, next_frame, pos, self.cam.max_len if self.cam.mode is Mode.LIVE else 0, GROUP]
         for k, v in fields.items():
             args.extend((k, v))
         res = int(self._send_script(keys=[self.fkey, ckey], args=args))
         if res == -1:
             return  # a retried write whose first attempt reached Redis: the frame is there once
-        if res == 1:
-            self.dropped += 1  # MAXLEN trimmed the oldest unread frame (live)
+        self.dropped += res  # MAXLEN trimmed unread frames (live)
         self.sent += 1
 
     def _wait_for_room(self) -> None:

@@ -47,6 +47,15 @@ class FramePolicy(Protocol):
         """Sees every executed output and its measured ms (profiling samples, held values, adaptation, the budget cap)."""
         ...
 
+    def begin_batch(self, cameras: set[str]) -> None:
+        """Called before a batch's decisions: a policy reads what other workers shared (held outputs)."""
+        ...
+
+    def held_to_share(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> dict[str, bytes]:
+        """Executed outputs to publish as the camera's held outputs (``held:{cam}``), written in
+        the frame's record script, so every worker on the camera fills from the newest ones."""
+        ...
+
 
 class AllPolicy:
     """The reference: every model executes on every frame."""
@@ -67,3 +76,9 @@ class AllPolicy:
 
     def bind(self, metas: dict[str, ModelMeta]) -> None:
         pass
+
+    def begin_batch(self, cameras: set[str]) -> None:
+        pass
+
+    def held_to_share(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> dict[str, bytes]:
+        return {}  # every model runs on every frame: nothing is ever held

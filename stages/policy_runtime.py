@@ -18,8 +18,11 @@ per-frame :class:`stages.scheduler.FramePolicy` protocol. Per camera:
    at the end of the period the links are scored and fine-tuned on those fresh
    samples (uncertain frames first) and the plan is re-made.
 
-Held outputs (temporal context) are per worker: with several workers on one
-camera each sees only its share of frames, so their held values are older.
+Held outputs (temporal context: each model's newest executed output and its frame)
+are shared by every worker of a camera through ``held:{cam}``: a worker publishes its
+executed outputs in the frame's record script and reads the others' before each batch,
+so two workers on one camera fill from the same context as one. Only outputs of
+earlier frames are used (a worker ahead of this one has newer ones).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from links.budget import ModelCost, ResolvedBudget, parse_budget
 from links.governor import Governor
 from links.linkset import LinkSet
 from links.metrics import model_accuracy
-from links.outputs import ModelOutput, Origin
+from links.outputs import ModelOutput, Origin, output_from_bytes, output_to_bytes
 from links.policies import (
     POLICIES,
     Plan,
@@ -52,7 +55,7 @@ from links.policies import (
 from links.samples import AlignedSamples, ModelMeta
 from pipeline.costs import load_costs
 from pipeline.errors import UserError
-from pipeline.keys import COSTS_KEY, links_key
+from pipeline.keys import COSTS_KEY, held_key, links_key
 from pipeline.streams import FrameMsg
 from stages.frame_policy import AllPolicy, Filled, FramePolicy
 
@@ -100,7 +103,8 @@ class CamState:
     plan: Plan | None = None
     reselector: Reselector | None = None
     prof_frames: set[int] = field(default_factory=set)
-    last: dict[str, tuple[ModelOutput, int]] = field(default_factory=dict)
+    last: dict[str, tuple[ModelOutput, int]] = field(default_factory=dict)  # this worker's newest executed outputs
+    shared: dict[str, tuple[ModelOutput, int]] = field(default_factory=dict)  # the newest ones any worker published
     gate: ReductoGate | None = None
     governor: Governor | None = None  # caps measured compute (compute and model-count budgets)
     decided: dict[int, Phase] = field(default_factory=dict)  # frame -> the phase it was decided in, until its record is built
@@ -188,19 +192,62 @@ class RuntimePolicy:
         st = self.cams[camera]
         fill = st.plan.fill if st.plan is not None else "missing"
         out: dict[str, Filled] = {}
+        last = {m: h for m in others if (h := _held(st, m, frame.frame)) is not None}
         if fill == "link" and st.linkset is not None:
-            held = {m: (st.last[m][0], frame.frame - st.last[m][1]) for m in others if m in st.last}
+            held = {m: (o, frame.frame - f) for m, (o, f) in last.items()}
             for m, d in st.linkset.derive(executed, others, held=held).items():
                 out[m] = Filled(Origin.LINKED, d.output, tuple(d.via), d.confidence)
             return out
         for m in others:
-            if fill in ("hold", "reducto") and m in st.last:
-                out[m] = Filled(Origin.HELD, st.last[m][0], (m,), None)
+            if fill in ("hold", "reducto") and m in last:
+                out[m] = Filled(Origin.HELD, last[m][0], (m,), None)
             elif fill == "prior" and st.linkset is not None:
                 out[m] = Filled(Origin.LINKED, st.linkset.prior_output(m), ("prior",), st.prior_acc.get(m))
             else:
                 out[m] = Filled(Origin.MISSING, None)
         return out
+
+    def begin_batch(self, cameras: set[str]) -> None:
+        """Adopt the held outputs other workers published since the last batch (one round trip
+        for the frame numbers; the outputs themselves only where they are newer than ours)."""
+        if self.r is None:
+            return
+        cams = [c for c in cameras if c in self.cams and self.cams[c].phase is Phase.BUDGETED]
+        if not cams:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for c in cams:
+            pipe.hmget(held_key(c), [f"{m}@" for m in self.cams[c].models])
+        newer: dict[str, list[tuple[str, int]]] = {}
+        for c, frames in zip(cams, pipe.execute()):
+            st = self.cams[c]
+            for m, raw in zip(st.models, frames):
+                if raw is None:
+                    continue
+                f = int(raw)
+                mine = max(st.last[m][1] if m in st.last else -1, st.shared[m][1] if m in st.shared else -1)
+                if f > mine:
+                    newer.setdefault(c, []).append((m, f))
+        if not newer:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for c, items in newer.items():
+            pipe.hmget(held_key(c), [m for m, _ in items])
+        for (c, items), blobs in zip(newer.items(), pipe.execute()):
+            st = self.cams[c]
+            for (m, f), blob in zip(items, blobs):
+                if blob is None or m not in self.metas:
+                    continue
+                try:
+                    st.shared[m] = (output_from_bytes(blob, self.metas[m].classes), f)
+                except ValueError:
+                    continue  # not ours to trust: fill from this worker's own outputs
+
+    def held_to_share(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> dict[str, bytes]:
+        st = self.cams.get(camera)
+        if st is None or self.r is None:
+            return {}
+        return {m: output_to_bytes(o) for m, o in executed.items()}
 
     def describe(self, camera: str, frame: FrameMsg) -> dict[str, Any]:
         st = self.cams.get(camera)
@@ -374,6 +421,22 @@ class RuntimePolicy:
             st.gate = ReductoGate(st.plan.thresholds) if st.plan.fill == "reducto" else None
             st.samples = None
             st.phase = Phase.BUDGETED
+
+
+def _held(st: CamState, model: str, frame: int) -> tuple[ModelOutput, int] | None:
+    """The newest output of ``model`` executed before ``frame``, this worker's or shared.
+
+    A reclaimed (older) frame can arrive after newer ones: then only an output from the
+    future exists, and it is used as if one frame old rather than leaving a gap.
+    """
+    cands = [h for h in (st.last.get(model), st.shared.get(model)) if h is not None]
+    before = [h for h in cands if h[1] < frame]
+    if before:
+        return max(before, key=lambda h: h[1])
+    if cands:
+        o, _ = min(cands, key=lambda h: h[1])
+        return o, frame - 1
+    return None
 
 
 def make_frame_policy(name: str, r: redis.Redis | None = None, **options: Any) -> FramePolicy:

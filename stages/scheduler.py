@@ -66,6 +66,7 @@ from pipeline.keys import (
     camera_key,
     camera_of,
     frames_key,
+    held_key,
     metrics_key,
     preview_key,
     results_key,
@@ -108,17 +109,25 @@ local function preview(frame, rec)
     redis.call('HSET', KEYS[4], 'frame', frame, 'json', rec, 'jpeg', pv_jpeg)
   end
 end
+local function hold(frame, model, blob)
+  local cur = redis.call('HGET', KEYS[5], model .. '@')
+  if not cur or tonumber(frame) > tonumber(cur) then
+    redis.call('HSET', KEYS[5], model, blob, model .. '@', frame)
+  end
+end
 local i, written = 4, 0
 for _ = 1, tonumber(ARGV[3]) do
-  local eid, frame, rec, counters = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+  local eid, frame, rec, counters, nheld = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  i = i + 5
   if redis.call('XACK', KEYS[1], group, eid) == 1 then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'frame', frame, 'json', rec)
     redis.call('XDEL', KEYS[1], eid)
     count(counters)
     written = written + 1
     if frame == pv_frame then preview(frame, rec) end
+    for k = 0, nheld - 1 do hold(frame, ARGV[i + 2 * k], ARGV[i + 2 * k + 1]) end
   end
+  i = i + 2 * nheld
 end
 local m = tonumber(ARGV[i])
 i = i + 1
@@ -131,6 +140,28 @@ for _ = 1, m do
 end
 count(ARGV[i])
 return written
+"""
+
+
+# KEYS: frames:{cam}, metrics:{cam}. ARGV: group, consumer, min idle ms, count.
+# Claims frames whose worker went quiet (what XAUTOCLAIM does, spelled out because Redis
+# versions differ in how it reports deleted entries). A frame the live bound trimmed while
+# its worker held it (the decoder does not count those) and whose worker then died is gone:
+# it is acked and counted as dropped here, atomically with the claim, so every lost frame
+# counts once.
+_RECLAIM_LUA = """
+local out, lost = {}, 0
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])) do
+  local id = p[1]
+  if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    lost = lost + 1
+  else
+    for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], id)) do table.insert(out, e) end
+  end
+end
+if lost > 0 then redis.call('HINCRBY', KEYS[2], 'dropped', lost) end
+return out
 """
 
 
@@ -200,6 +231,7 @@ class Worker:
         self._rr = 0  # round-robin start for per-camera reads (cluster)
         self.cluster = is_cluster(r)
         self._write_script = r.register_script(_WRITE_LUA)
+        self._reclaim_script = r.register_script(_RECLAIM_LUA)
 
     # -------------------------------------------------------------- cameras
     def refresh_cameras(self, force: bool = False) -> None:
@@ -336,17 +368,16 @@ class Worker:
         for cam in self.cameras:
             key = frames_key(cam)
             try:
-                res = self.r.xautoclaim(key, GROUP, self.name, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch)
+                claimed = self._reclaim_script(keys=[key, metrics_key(cam)], args=[GROUP, self.name, self.claim_idle_ms, self.batch])
             except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    ensure_group(self.r, cam)
+                if "NOGROUP" not in str(exc):
+                    raise
+                ensure_group(self.r, cam)
                 continue
-            for eid, fields in res[1]:
-                if fields:  # a trimmed (deleted) entry comes back empty: nothing to do
-                    out.append((key, eid, fields))
-                    self._reclaimed_by_cam[cam] = self._reclaimed_by_cam.get(cam, 0) + 1
-                else:
-                    self.r.xack(key, GROUP, eid)
+            for eid, flat in claimed:
+                fields = dict(zip(flat[::2], flat[1::2]))
+                out.append((key, eid, fields))
+                self._reclaimed_by_cam[cam] = self._reclaimed_by_cam.get(cam, 0) + 1
         self.stats.reclaimed += len(out)
         return out
 
@@ -373,6 +404,7 @@ class Worker:
             frames.append((key, eid, msg))
 
         # Which models run on which frame, then one batched call per model.
+        self.policy.begin_batch({msg.camera for _, _, msg in frames})
         jobs: dict[str, list[int]] = defaultdict(list)
         bad: set[int] = set()
         for i, (key, eid, msg) in enumerate(frames):
@@ -436,7 +468,7 @@ class Worker:
             fill_ms = (time.perf_counter() - t_fill) * 1000
             rec = self.build_record(msg, cs.models, outputs[i], filled, per_frame_ms[i], t_read)
             rec["latency_ms"]["links"] = round(fill_ms, 3)
-            built.append((key, eid, msg, cs, rec))
+            built.append((key, eid, msg, cs, rec, self.policy.held_to_share(msg.camera, msg, outputs[i])))
         # The worker's processing time per frame (decode, policy, models, links, records),
         # so benchmarks can tell model time from overhead.
         worker_ms = round((time.perf_counter() - t_start) * 1000 / max(len(frames), 1), 3)
@@ -457,16 +489,19 @@ class Worker:
         except (KeyError, ValueError):
             return False  # a malformed entry is reported by decode_frame
 
-    def _write(self, built: list[tuple[str, bytes, FrameMsg, CameraState, dict[str, Any]]], worker_ms: float,
+    def _write(self, built: list[tuple[str, bytes, FrameMsg, CameraState, dict[str, Any], dict[str, bytes]]], worker_ms: float,
                done_bad: list[tuple[str, bytes]], skipped: list[tuple[str, bytes]]) -> None:
         """Records, acks and counters, one atomic script per camera (one slot: all its keys
         share the hash tag). A frame's record is written only by the worker whose XACK
         acknowledged it: a worker that was too slow and whose frames another worker
-        reclaimed meanwhile writes nothing for them, so every frame has exactly one record."""
-        per_cam: dict[str, list[tuple[bytes, str, str, str]]] = defaultdict(list)
+        reclaimed meanwhile writes nothing for them, so every frame has exactly one record.
+        The same script publishes the frame's executed outputs as the camera's held outputs
+        (``held:{cam}``, only where newer than what is there), so the shared temporal context
+        never holds an output whose record was not written."""
+        per_cam: dict[str, list[list[Any]]] = defaultdict(list)
         acks: dict[str, list[tuple[bytes, str]]] = defaultdict(list)
         newest: dict[str, FrameMsg] = {}  # per camera, the newest frame of this batch (the preview candidate)
-        for key, eid, msg, cs, rec in built:
+        for key, eid, msg, cs, rec, held in built:
             if cs.name not in newest or msg.frame > newest[cs.name].frame:
                 newest[cs.name] = msg
             rec["latency_ms"]["worker"] = worker_ms
@@ -474,7 +509,10 @@ class Worker:
             counts["processed"] = 1
             for m, o in rec["outputs"].items():
                 counts[count_origin(o["origin"], m)] += 1
-            per_cam[cs.name].append((eid, str(msg.frame), json.dumps(rec, separators=(",", ":")), _counters(counts)))
+            args: list[Any] = [eid, str(msg.frame), json.dumps(rec, separators=(",", ":")), _counters(counts), len(held)]
+            for m, blob in held.items():
+                args.extend((m, blob))
+            per_cam[cs.name].append(args)
         for field_name, done in (("bad_frames", done_bad), ("skipped", skipped)):
             for key, eid in done:
                 acks[camera_of(key)].append((eid, field_name))
@@ -489,7 +527,7 @@ class Worker:
                 argv.extend((eid, f))
             argv.append(_counters({"reclaimed": self._reclaimed_by_cam.pop(cam, 0)}))
             argv.extend(self._preview(cam, newest.get(cam)))
-            written = self._write_script(keys=[frames_key(cam), results_key(cam), metrics_key(cam), preview_key(cam)], args=argv)
+            written = self._write_script(keys=[frames_key(cam), results_key(cam), metrics_key(cam), preview_key(cam), held_key(cam)], args=argv)
             self.stats.duplicates_avoided += len(recs) - int(written)
 
     def _preview(self, cam: str, msg: FrameMsg | None) -> tuple[str, bytes]:

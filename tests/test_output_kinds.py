@@ -163,3 +163,37 @@ def test_links_derive_every_new_kind(tmp_path: Path) -> None:
             for o in d.values():
                 rec = o.output.to_record()
                 assert rec["kind"] in ("segmentation", "keypoints", "topk")
+
+
+def test_shared_held_bytes_are_lossless_for_every_kind_and_never_unpickle() -> None:
+    """Workers share held outputs as bytes (``held:{cam}``): every array comes back in full
+    (a record keeps only a topk's top 5), and bytes that would need unpickling are refused."""
+    import io
+    import pickle
+
+    from links.outputs import output_from_bytes, output_to_bytes
+
+    rng = np.random.default_rng(3)
+    probs = rng.random(1000).astype(np.float32)
+    outs = [
+        seg_out(rng, 3), pose_out(rng, 2), ModelOutput(OutputKind.TOPK, CLASSES_1K, probs=probs / probs.sum()),
+        ModelOutput(OutputKind.DETECTIONS, ("person", "car"), boxes=boxes(rng, 4), class_ids=np.array([0, 1, 1, 0])),
+        ModelOutput(OutputKind.PROBS, ("a", "b"), probs=np.array([0.3, 0.7])),
+        ModelOutput(OutputKind.SCALAR, (), value=0.25, grid=rng.random((4, 4)), extra={"note": "x"}),
+        ModelOutput(OutputKind.DETECTIONS, ("person",)),  # nobody
+    ]
+    for o in outs:
+        back = output_from_bytes(output_to_bytes(o), o.classes)
+        assert back.kind is o.kind and back.classes == o.classes and back.value == o.value and back.extra == o.extra
+        for f in ("boxes", "scores", "class_ids", "probs", "grid", "coverage", "keypoints"):
+            a, b = getattr(o, f), getattr(back, f)
+            assert (a is None) == (b is None), f
+            if a is not None:
+                np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    with pytest.raises(ValueError, match="classes"):
+        output_from_bytes(output_to_bytes(outs[0]), ("person",))  # another model's output
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array([{"kind": "scalar"}], dtype=object))
+    for bad in (b"", b"not npz", pickle.dumps(outs[-1]), buf.getvalue()):
+        with pytest.raises(ValueError, match="not a serialised model output"):
+            output_from_bytes(bad, ("person",))

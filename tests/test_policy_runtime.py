@@ -218,3 +218,41 @@ def test_every_policy_holds_its_budget_in_measured_ms_over_several_periods(r: re
     assert worst <= limit * period * 1.05, (worst, limit * period, spend)
     # the records report that measured spend
     assert budgeted[-1]["policy"]["used"] == pytest.approx(sum(spend[-(period - 1):]) / (period - 1), rel=0.05, abs=0.05)
+
+
+def _same_output(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("counts", "value", "label", "coverage")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def test_two_workers_on_one_camera_fill_from_each_others_outputs(r: redis.Redis, gif35: Path) -> None:
+    """Held outputs live in ``held:{cam}``: two workers taking turns on one camera fill every
+    held output from the newest output executed on an EARLIER frame, whichever worker ran it
+    (each worker alone knows only its own frames, so this fails without the shared context)."""
+    n = _decode(r, "cam", gif35)
+    store_costs(r, COSTS)
+    opts = dict(name="hold-last", budget="30%", epochs=8, cold_start_frames=6, period_frames=100)
+    workers = [Worker(r, RuntimePolicy(RuntimeOptions(**opts), r), batch=2, block_ms=50, name=f"w{i}") for i in range(2)]
+    for _ in range(200):  # take turns: each step reads the next 2 frames
+        if sum(w.step() for w in workers) == 0 and r.xlen(results_key("cam")) == n:
+            break
+    recs = _records(r, "cam")
+    assert sorted(x["frame"] for x in recs) == list(range(n))
+    by_frame = {x["frame"]: x for x in recs}
+    assert {x["worker"] for x in recs} == {"w0", "w1"}
+    checked = crossed = 0
+    for x in recs:
+        if x["policy"].get("phase") != "budgeted":
+            continue
+        for m, o in x["outputs"].items():
+            if o["origin"] != "held":
+                continue
+            src = max(f for f in range(x["frame"]) if by_frame[f]["outputs"][m]["origin"] == "executed")
+            assert _same_output(o, by_frame[src]["outputs"][m]), (x["frame"], m, src)
+            checked += 1
+            crossed += by_frame[src]["worker"] != x["worker"]
+    assert checked and crossed, (checked, crossed)  # some held outputs came from the other worker
+    held = r.hgetall("held:{cam}")
+    assert {k.decode() for k in held} == {*MODELS, *(f"{m}@" for m in MODELS)}  # bounded: one entry per model
+    assert max(int(held[f"{m}@".encode()]) for m in MODELS) == max(
+        f for f in range(n) if any(o["origin"] == "executed" for o in by_frame[f]["outputs"].values()))

@@ -335,3 +335,46 @@ def test_embedded_server_has_no_tcp_listener() -> None:
         assert emb.url.startswith("unix://")
         assert r.config_get("port")["port"] == "0"
         assert oct(emb.dir.stat().st_mode & 0o777) == "0o700"
+
+
+def test_live_trim_counts_each_lost_frame_once_even_when_a_worker_held_it(r: redis.Redis, store_gif: Path) -> None:
+    """The live bound trims the oldest frames. A trimmed frame no worker read is lost (the
+    decoder counts it); one a worker holds still gets its record (not counted) unless that
+    worker dies, and then the worker that reclaims its frames counts it. So frames decoded
+    = records + dropped + queued, exactly, whoever dies when."""
+    import numpy as np
+
+    from pipeline.keys import camera_key, metrics_key
+    from pipeline.registry import prepare_camera, register_camera
+    from stages.decoder import Decoder
+    from stages.scheduler import Worker
+
+    cfg = parse_config({"cameras": {"lv": {"source": str(store_gif), "models": ["scene_light"], "mode": "live", "max_len": 4}}})
+    prepare_camera(r, "lv", fresh=True)
+    register_camera(r, cfg.cameras["lv"])
+    dec = Decoder(cfg.cameras["lv"], r)
+    img = np.zeros((32, 32, 3), np.uint8)
+    ckey = camera_key("lv")
+
+    def send(i: int) -> None:
+        dec._send(FrameMsg("lv", i, i / 10, i / 10, time.time(), 32, 32, img), ckey, i + 1, i + 1)
+
+    for i in range(4):
+        send(i)
+    held = r.xreadgroup(GROUP, "doomed", {frames_key("lv"): ">"}, count=2)  # a worker takes frames 0 and 1, then dies
+    assert len(held[0][1]) == 2
+    for i in range(4, 10):
+        send(i)  # trims 0..5: 0 and 1 were held (not counted by the decoder), 2..5 were unread (counted)
+    assert dec.dropped == 4 and int(r.hget(ckey, "dropped")) == 4
+    survivor = Worker(r, batch=4, block_ms=20, claim_idle_ms=1, name="survivor")
+    time.sleep(0.01)
+    survivor.run(idle_exit_s=0.5)
+    frames = sorted(x["frame"] for x in _records(r, "lv"))
+    assert frames == [6, 7, 8, 9]
+    lost_by_worker = int(r.hget(metrics_key("lv"), "dropped") or 0)
+    assert lost_by_worker == 2  # frames 0 and 1: trimmed while held, their worker dead
+    decoded = int(r.hget(ckey, "next_frame"))
+    assert decoded == len(frames) + dec.dropped + lost_by_worker + r.xlen(frames_key("lv")) == 10
+    # Run again: nothing is counted twice.
+    survivor.run(idle_exit_s=0.3)
+    assert int(r.hget(metrics_key("lv"), "dropped")) == 2 and int(r.hget(ckey, "dropped")) == 4

@@ -75,6 +75,7 @@ class BenchOptions:
     period_frames: int = 100
     profile_fraction: float = 0.05
     cold_start_frames: int = 60
+    workers: int = 1  # scheduler workers per budgeted run (they share links, plans and held outputs through Redis)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -88,11 +89,11 @@ class Replay:
 
 
 def _replay(cfg: Config, url: str, *, seed: Callable[[redis.Redis], None] | None = None, desc: str = "replay",
-            total: int | None = None) -> Replay:
+            total: int | None = None, workers: int = 1) -> Replay:
     """One run of the real pipeline over ``cfg``'s cameras (the session engine of ``mlink replay``)."""
     store, progress = RecordStore(), ProgressSink(total, desc, leave=False)
     t0 = time.monotonic()
-    res = run_session(cfg, url, [store, progress], SessionOptions(fresh=True, workers=1, on_prepared=seed), say=progress.say)
+    res = run_session(cfg, url, [store, progress], SessionOptions(fresh=True, workers=workers, on_prepared=seed), say=progress.say)
     if res.interrupted:
         raise KeyboardInterrupt  # Ctrl-C stops the whole benchmark, not just this run
     done = [rec["wall"] + rec["latency_ms"]["total"] / 1000 for cr in store.records.values() for rec in cr.values()]
@@ -230,7 +231,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                     rr.hset(camera_key(cam), mapping={"next_frame": s, "session_first_frame": s, "source_pos": s})
                     rr.hset(links_key(cam), mapping={"version": 1, **seeds[cam]})
 
-            run = _replay(cfg, url, seed=seed_links if seeds else None, desc=f"[{i}/{len(combos)}] {p} @ {b} seed {seed}", total=n_eval)
+            run = _replay(cfg, url, seed=seed_links if seeds else None, desc=f"[{i}/{len(combos)}] {p} @ {b} seed {seed}", total=n_eval,
+                          workers=opts.workers)
             sc = score_run(run.records, ref.records, classes, frames, informative, window=opts.period_frames)
             reasons = [f"camera {c}: {e}" for c, e in run.errors.items()]
             if run.restarts:
@@ -254,7 +256,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             "total_ms": sum(c.ms for c in costs.values()),
             "options": {"budgets": opts.budgets, "policies": opts.policies, "fps": opts.fps, "repeats": opts.repeats, "concat": opts.concat,
                         "warm_links": opts.warm_links, "period_frames": opts.period_frames, "profile_fraction": opts.profile_fraction,
-                        "cold_start_frames": opts.cold_start_frames},
+                        "cold_start_frames": opts.cold_start_frames, "workers": opts.workers},
             "semantics": "warm links (upper bound, not production)" if opts.warm_links is not None else "production (cold start counted)",
             "eval_frames": n_eval, "boundaries": boundaries, "informative": informative,
             "reference": {"fps": ref.fps, "wall_s": ref.wall_s, **ref_score.to_json()},

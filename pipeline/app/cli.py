@@ -327,6 +327,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
             raise UserError(f"--budgets: {exc}") from None
     if a.repeats < 1:
         raise UserError("--repeats must be at least 1")
+    if a.workers < 1:
+        raise UserError("--workers must be at least 1")
     probe = Config(cameras={}, scheduler=SchedulerConfig())  # the period options, validated as in cameras.yaml
     probe.override_scheduler("--period/--cold-start/--profile-fraction", period_frames=a.period, cold_start_frames=a.cold_start,
                              profile_fraction=a.profile_fraction)
@@ -336,7 +338,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         open_source(v).close()
     opts = BenchOptions(a.videos, budgets, policies, a.out, config=base, redis_url=a.redis, fps=a.fps, repeats=a.repeats,
                         concat=a.concat, warm_links=a.warm_links, period_frames=a.period, profile_fraction=a.profile_fraction,
-                        cold_start_frames=a.cold_start, command=["mlink", *sys.argv[1:]])
+                        cold_start_frames=a.cold_start, workers=a.workers, command=["mlink", *sys.argv[1:]])
     res = run_bench(opts)
     print(format_tables(res))
     print(f"\nwritten: {a.out}/bench.md, bench.json and PNG plots")
@@ -440,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--period", type=int, default=100, help="frames per adaptation period (default 100)")
     s.add_argument("--cold-start", type=int, default=60, help="frames every model runs on before links exist (default 60)")
     s.add_argument("--profile-fraction", type=float, default=0.05, help="share of each period's frames profiled with every model (default 0.05)")
+    s.add_argument("--workers", type=int, default=1, help="scheduler workers per budgeted run, sharing the cameras (default 1; "
+                   "the reference always runs one)")
     s.set_defaults(func=cmd_bench)
 
     cli_links.add_parsers(sub)
