@@ -426,12 +426,22 @@ def resolve_packaged(ref: str) -> Path:
 class SchedulerConfig(Strict):
     workers: int = Field(1, ge=1, le=64)
     batch: int = Field(8, ge=1, le=256, description="frames read per XREADGROUP and batched per model")
-    policy: str = Field("all", description="all, standalone, prior, hold-last, reducto, mlink, ours")
+    policy: str = Field("all", description="all, standalone, prior, hold-last, reducto, mlink, ours, cascade")
     budget: str | None = Field(None, description="33% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models")
     period_frames: int = Field(300, ge=10, description="re-profile, adapt links and re-plan every this many frames")
     profile_fraction: float = Field(0.02, gt=0, le=1, description="share of each period's frames that run all models")
     cold_start_frames: int = Field(120, ge=8, description="frames profiled with all models before links are trained")
     seed: int = Field(0, ge=0, description="random seed of link training (benchmark repeats vary it)")
+    min_every: dict[str, int] = Field(default_factory=dict, description="cascade: model -> run it at least every this many "
+                                      "frames (a floor kept before the budget is spent on the rest), e.g. {plate_det: 10}")
+
+    @field_validator("min_every")
+    @classmethod
+    def _min_every_ok(cls, v: dict[str, int]) -> dict[str, int]:
+        for m, k in v.items():
+            if k < 1:
+                raise ValueError(f"min_every: {m}: must be at least 1 frame, got {k}")
+        return v
 
     @field_validator("budget")
     @classmethod
@@ -446,6 +456,8 @@ class SchedulerConfig(Strict):
             raise ValueError(f"policy: unknown policy {self.policy!r} (available: {', '.join(POLICIES)})")
         if self.policy != "all" and not self.budget:
             raise ValueError(f"budget: policy {self.policy!r} needs a budget")
+        if self.min_every and self.policy != "cascade":
+            raise ValueError(f"min_every: only the cascade policy keeps per-model floors (policy is {self.policy!r})")
         return self
 
     def runtime_options(self) -> str:
@@ -453,13 +465,21 @@ class SchedulerConfig(Strict):
         if self.policy == "all":
             return "all"
         return json.dumps({"name": self.policy, "budget": self.budget, "period_frames": self.period_frames,
-                           "profile_fraction": self.profile_fraction, "cold_start_frames": self.cold_start_frames, "seed": self.seed})
+                           "profile_fraction": self.profile_fraction, "cold_start_frames": self.cold_start_frames, "seed": self.seed,
+                           **({"min_every": self.min_every} if self.min_every else {})})
 
 
 class Config(Strict):
     cameras: dict[str, CameraConfig]
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     base_dir: Path | None = Field(None, exclude=True)
+
+    def check_floors(self, where: str) -> None:
+        """``scheduler.min_every`` may only name models the cameras run."""
+        known = {s.name for cam in self.cameras.values() for s in cam.model_specs}
+        unknown = sorted(set(self.scheduler.min_every) - known)
+        if unknown and self.cameras:
+            raise UserError(f"{where}: scheduler: min_every: {unknown[0]!r} is not a model of any camera")
 
     def override_scheduler(self, where: str, **changes: Any) -> None:
         """Command-line overrides (``--policy``, ``--budget``...), validated like the file's own.
@@ -473,6 +493,7 @@ class Config(Strict):
             self.scheduler = SchedulerConfig(**{**self.scheduler.model_dump(), **changes})
         except ValidationError as exc:
             raise UserError(f"{where}: {_first_error(exc)}") from None
+        self.check_floors(where)
 
     def all_model_specs(self) -> list[AdapterSpec]:
         """Union of the cameras' models; one name must mean one spec everywhere."""
@@ -554,6 +575,7 @@ def parse_config(data: Any, where: str = "config", base_dir: Path | None = None)
     except ValidationError as exc:
         raise UserError(f"{where}: scheduler: {_first_error(exc)}") from None
     cfg = Config(cameras=cameras, scheduler=sched, base_dir=base_dir)
+    cfg.check_floors(where)
     try:
         cfg.all_model_specs()
     except UserError as exc:

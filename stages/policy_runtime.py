@@ -44,12 +44,16 @@ from links.metrics import model_accuracy
 from links.outputs import ModelOutput, Origin, output_from_bytes, output_to_bytes
 from links.policies import (
     POLICIES,
+    CascadeDecider,
+    ChangeRisk,
     Plan,
     PlanInputs,
     ReductoGate,
     Reselector,
+    Trigger,
     frame_difference,
     make_policy,
+    pair_observations,
     thumbnail,
 )
 from links.samples import AlignedSamples, ModelMeta
@@ -70,6 +74,7 @@ class RuntimeOptions:
     epochs: int = 30
     seed: int = 0
     adapt: bool = True
+    min_every: dict[str, int] | None = None  # cascade: model -> run at least every k frames (a floor the user sets)
 
     @classmethod
     def parse(cls, text: str) -> "RuntimeOptions":
@@ -113,6 +118,13 @@ class CamState:
     plans_made: int = 0
     adapted: int = 0
     prior_acc: dict[str, float] = field(default_factory=dict)  # how often the usual value is right (profiling sample)
+    # cascade only: per-frame decisions
+    risk: ChangeRisk | None = None
+    decider: CascadeDecider | None = None
+    thumbs: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> thumbnail, until observed (and kept for samples)
+    triggers: dict[int, dict[str, str]] = field(default_factory=dict)  # frame -> model -> why it ran, until described
+    estimated: dict[int, float] = field(default_factory=dict)  # frame -> the cost its decision booked, until observed
+    fresh_obs: dict[str, list[tuple[float, int, float]]] = field(default_factory=dict)  # this period's risk observations
 
 
 class RuntimePolicy:
@@ -147,6 +159,10 @@ class RuntimePolicy:
             th = thumbnail(frame.image)
             st.diffs.append(0.0 if st.prev_thumb is None else frame_difference(th, st.prev_thumb))
             st.prev_thumb = th
+        elif self.name == "cascade":
+            st.thumbs[frame.frame] = thumbnail(frame.image)
+            if len(st.thumbs) > 4096:  # decided but never observed (a failed write): forget the oldest
+                st.thumbs.pop(next(iter(st.thumbs)))
         if st.phase is Phase.COLD_START:
             self._maybe_load_shared(camera, st, frame.frame)
         st.decided[frame.frame] = st.phase
@@ -163,8 +179,21 @@ class RuntimePolicy:
             if gov is None or gov.admit_all_or_none(models):
                 if st.gate is not None:
                     st.gate.step(st.diffs[-1])  # keep the gate's accumulators in step
+                if st.decider is not None:
+                    # Paid from the profiling reserve the plan set aside, not from the decider's bucket.
+                    st.triggers[frame.frame] = dict.fromkeys(models, Trigger.PROFILE)
                 return set(models)
             st.prof_frames.discard(frame.frame)  # no room: this period has one aligned sample less
+        if st.decider is not None and gov is not None:
+            # Cascade: the decider's choice (in priority order), then the cap on measured compute.
+            choice = st.decider.decide(frame.frame, st.thumbs[frame.frame], gov.estimate)
+            run = gov.admit(list(choice))
+            booked = sum(gov.estimate[m] for m in choice)
+            admitted = sum(gov.estimate[m] for m in run)
+            st.decider.tokens += booked - admitted  # refused by the cap: not spent
+            st.triggers[frame.frame] = {m: choice[m] for m in run}
+            st.estimated[frame.frame] = admitted
+            return set(run)
         wanted = st.gate.step(st.diffs[-1]) if st.gate is not None else st.plan.executed_at(frame.frame)
         if gov is None:
             return set(wanted)
@@ -177,8 +206,11 @@ class RuntimePolicy:
 
     def observe(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], ms: dict[str, float]) -> None:
         st = self.cams[camera]
+        spent = None
         if st.governor is not None and st.decided.get(frame.frame) is Phase.BUDGETED:
-            st.governor.charge({m: self._amount(m, ms) for m in executed})
+            spent = st.governor.charge({m: self._amount(m, ms) for m in executed})
+        if self.name == "cascade":
+            self._observe_cascade(st, frame.frame, executed, spent)
         for m, out in executed.items():
             st.last[m] = (out, frame.frame)
         if len(executed) == len(st.models) and st.models:
@@ -255,6 +287,9 @@ class RuntimePolicy:
         # A worker decides a whole batch before any frame of it completes the cold start:
         # a frame decided cold is a cold-start frame even if the plan exists by now.
         decided = st.decided.pop(frame.frame, Phase.COLD_START) if st is not None else Phase.COLD_START
+        triggers = st.triggers.pop(frame.frame, None) if st is not None else None
+        if triggers is not None:
+            d["triggers"] = triggers  # the worker moves each into its executed output's record
         if st is None or st.plan is None or decided is Phase.COLD_START:
             d["phase"] = Phase.COLD_START.value
             return d
@@ -277,6 +312,46 @@ class RuntimePolicy:
         assert self.budget is not None
         return 1.0 if self.budget.resource == "models" else float(ms.get(model, 0.0))
 
+    def _observe_cascade(self, st: CamState, frame: int, executed: dict[str, ModelOutput], spent: float | None) -> None:
+        thumb = st.thumbs.get(frame)
+        if thumb is None:
+            return
+        est = st.estimated.pop(frame, None)
+        dec = st.decider
+        if dec is not None:
+            if est is not None and spent is not None:
+                dec.correct(est, spent)
+            if len(executed) == len(st.models) and st.risk is not None:
+                # A profiling frame: the truth for every model, against what each would have reused.
+                for m, out in executed.items():
+                    if m in dec.last and m in st.last and st.last[m][1] == dec.last[m][0] < frame:
+                        prev_frame, prev_thumb = dec.last[m]
+                        err = 1.0 - model_accuracy(st.last[m][0], out)
+                        st.fresh_obs.setdefault(m, []).append((frame_difference(thumb, prev_thumb), frame - prev_frame, err))
+            dec.executed(frame, thumb, executed)
+        if not (len(executed) == len(st.models) and st.models):
+            st.thumbs.pop(frame, None)  # only the aligned samples' thumbnails are needed later
+
+    def _fit_risk(self, st: CamState, samples: AlignedSamples) -> ChangeRisk:
+        """The risk model from a run of aligned samples (the cold start), see :class:`ChangeRisk`."""
+        frames = [int(f) for f in samples.frame]
+        thumbs = [st.thumbs.get(f) for f in frames]
+        keep = [i for i, t in enumerate(thumbs) if t is not None]
+        risk = ChangeRisk(list(st.models))
+        errors = {}
+        for m in st.models:
+            outs = [samples.outputs[m][i] for i in keep]
+            e = np.zeros((len(keep), len(keep)))
+            for i in range(len(keep)):
+                for j in range(i + 1, min(len(keep), i + 17)):
+                    e[i, j] = 1.0 - model_accuracy(outs[i], outs[j])
+            errors[m] = e
+        for m, obs in pair_observations([frames[i] for i in keep], [thumbs[i] for i in keep], errors).items():
+            for d, age, err in obs:
+                risk.add(m, d, age, err)
+        risk.fit()
+        return risk
+
     # ------------------------------------------------------------ internals
     def _new_samples(self, models: list[str]) -> AlignedSamples:
         missing = [m for m in models if m not in self.metas]
@@ -298,6 +373,9 @@ class RuntimePolicy:
         fit, val = samples.subset(np.arange(cut)), samples.subset(np.arange(cut, n))
         ls = LinkSet.train(fit, seed=self.opts.seed, epochs=self.opts.epochs)
         st.linkset = ls
+        if self.name == "cascade":
+            st.risk = self._fit_risk(st, samples)
+            st.thumbs = {f: t for f, t in st.thumbs.items() if f > frame_index}  # the batch's frames still to come
         self._plan(camera, st, val if len(val) else fit, frame_index, reducto_clip=samples)
         if len(val):
             ls.finetune(val, epochs=max(5, self.opts.epochs // 3))
@@ -361,6 +439,15 @@ class RuntimePolicy:
                 st.governor.limit = resolved.limit  # keep the estimates it learned from measurements
         inp = PlanInputs(st.models, costs, planning, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
         st.plan = self.planner.plan(inp)
+        if self.name == "cascade" and st.governor is not None:
+            always = tuple(st.plan.notes.get("always", ()))
+            cands = tuple(m for m in st.models if m not in always)
+            cap = CascadeDecider.bucket_capacity(planning.limit, [st.governor.estimate[m] for m in cands])
+            old = st.decider
+            st.decider = CascadeDecider(always, cands, max(planning.limit, 1e-6), cap, st.risk or ChangeRisk(list(st.models)),
+                                        floors={m: k for m, k in (self.opts.min_every or {}).items() if m in st.models})
+            if old is not None:
+                st.decider.last, st.decider.tokens = old.last, min(old.tokens, cap)
         st.plans_made += 1
         st.reselector = Reselector(self.opts.period_frames, origin=frame_index + 1)
         st.gate = ReductoGate(st.plan.thresholds) if st.plan.fill == "reducto" else None
@@ -368,6 +455,16 @@ class RuntimePolicy:
     def _new_period(self, camera: str, st: CamState, frame_index: int) -> None:
         assert st.reselector is not None
         start = st.reselector.period_start(frame_index)
+        if st.risk is not None and st.fresh_obs:
+            # How well the risk model predicted this period's profiling frames, then learn from them.
+            calib = st.risk.calibration(st.fresh_obs)
+            for m, obs in st.fresh_obs.items():
+                for d, age, err in obs:
+                    st.risk.add(m, d, age, err)
+            st.risk.fit()
+            st.fresh_obs = {}
+            if st.plan is not None:
+                st.plan.notes["calibration"] = {m: {"predicted": round(p, 4), "observed": round(o, 4), "n": n} for m, (p, o, n) in calib.items()}
         if st.samples is not None and len(st.samples) >= 2 and self.opts.adapt and st.linkset is not None:
             # Adaptation: fine-tune on the last period's fresh aligned samples, then re-plan.
             fresh = st.samples

@@ -552,10 +552,14 @@ class Worker:
         ms: dict[str, float],
         t_read: float,
     ) -> dict[str, Any]:
+        pol = self.policy.describe(msg.camera, msg)
+        triggers = pol.pop("triggers", None) or {}
         outs: dict[str, Any] = {}
         for m in models:
             if m in executed:
                 rec = {"origin": Origin.EXECUTED.value, **executed[m].to_record(include_boxes=self.include_boxes), "ms": round(ms.get(m, 0.0), 3)}
+                if m in triggers:
+                    rec["trigger"] = triggers[m]  # why it ran: plan, floor, change, uncertain, profile
             else:
                 f = filled.get(m, Filled(Origin.MISSING, None))
                 rec = {"origin": f.origin.value}
@@ -568,7 +572,6 @@ class Worker:
             outs[m] = rec
         now = self.wall_clock()
         model_ms = sum(ms.values())
-        pol = self.policy.describe(msg.camera, msg)
         return {
             "v": SCHEMA_VERSION,
             "camera": msg.camera,

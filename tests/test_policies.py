@@ -53,7 +53,7 @@ def hub_estimate(hub: str):
 
 
 def test_registry_has_every_policy() -> None:
-    assert set(POLICIES) == {"all", "standalone", "prior", "hold-last", "reducto", "mlink", "ours"}
+    assert set(POLICIES) == {"all", "standalone", "prior", "hold-last", "reducto", "mlink", "ours", "cascade"}
     for name, cls in POLICIES.items():
         assert cls.name == name
         assert make_policy(name).name == name

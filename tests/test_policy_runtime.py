@@ -56,7 +56,7 @@ def _run(r: redis.Redis, policy: str, budget: str, **opts: Any) -> RuntimePolicy
     return pol
 
 
-@pytest.mark.parametrize("policy", ["ours", "mlink", "hold-last", "standalone", "prior"])
+@pytest.mark.parametrize("policy", ["ours", "mlink", "hold-last", "standalone", "prior", "cascade"])
 def test_cold_start_then_budgeted_with_provenance(r: redis.Redis, gif35: Path, policy: str) -> None:
     n = _decode(r, "cam", gif35)
     pol = _run(r, policy, "25%", cold_start_frames=12, period_frames=8, profile_fraction=0.125)
@@ -80,7 +80,13 @@ def test_cold_start_then_budgeted_with_provenance(r: redis.Redis, gif35: Path, p
         assert p["planned"] == pytest.approx(sum(rate * COSTS[m].ms for m, rate in p["rates"].items()), abs=1e-3)
         assert p["planned"] <= p["limit"] * (1 - 0.125) + 1e-6
         assert p["used"] >= 0.0  # measured, per frame, over the governor's window
-        if set(p["active"]) != set(MODELS):  # not a profiling frame: what runs is what the plan says
+        if policy == "cascade":  # per-frame decisions: every executed output says why it ran
+            for m in p["active"]:
+                assert x["outputs"][m]["trigger"] in ("plan", "floor", "change", "uncertain", "profile"), x["outputs"][m]
+            if set(p["active"]) != set(MODELS):
+                assert {m for m, rate in p["rates"].items() if rate == 1.0} <= set(p["active"]), p  # the always-run set
+                assert all(x["outputs"][m]["trigger"] != "profile" for m in p["active"])
+        elif set(p["active"]) != set(MODELS):  # not a profiling frame: what runs is what the plan says
             assert {m for m, rate in p["rates"].items() if rate == 1.0} <= set(p["active"]), p
             assert not {m for m, rate in p["rates"].items() if rate == 0.0} & set(p["active"]), p
         for m, o in x["outputs"].items():
@@ -91,8 +97,12 @@ def test_cold_start_then_budgeted_with_provenance(r: redis.Redis, gif35: Path, p
                 assert m not in p["active"]
             if o["origin"] == "linked":
                 assert o["via"] and 0.0 <= o["confidence"] <= 1.0
+    if policy == "cascade":  # beyond the always-run set, models ran because of what the frames showed
+        triggers = {o.get("trigger") for x in budgeted for o in x["outputs"].values() if o["origin"] == "executed"}
+        assert triggers & {"change", "uncertain"}, triggers
     origins = {o["origin"] for x in budgeted for o in x["outputs"].values()}
-    expected = {"ours": "linked", "mlink": "linked", "hold-last": "held", "standalone": "missing", "prior": "linked"}[policy]
+    expected = {"ours": "linked", "mlink": "linked", "hold-last": "held", "standalone": "missing", "prior": "linked",
+                "cascade": "linked"}[policy]
     assert expected in origins, origins
     st = pol.cams["cam"]
     assert st.plan is not None and st.linkset is not None
@@ -200,7 +210,7 @@ def test_costs_come_from_measurement(r: redis.Redis, gif35: Path) -> None:
     assert budgeted[-1]["rates"]["haar_full_body"] < 1.0
 
 
-@pytest.mark.parametrize("policy", ["standalone", "prior", "hold-last", "reducto", "mlink", "ours"])
+@pytest.mark.parametrize("policy", ["standalone", "prior", "hold-last", "reducto", "mlink", "ours", "cascade"])
 def test_every_policy_holds_its_budget_in_measured_ms_over_several_periods(r: redis.Redis, gif35: Path, policy: str) -> None:
     """Through the real worker, past 3+ adaptation periods (reducto re-plans too): after the cold
     start, every window of period_frames spends at most the budget x 1.05 of MEASURED model time,

@@ -18,6 +18,10 @@ are named and swappable through :data:`POLICIES` / :func:`make_policy`:
 ``mlink``      the MLink paper's score-and-greedy (rate 1 for the chosen set, links fill)
 ``ours``       greedy on the estimated gain in MEAN accuracy over all models per unit
                of extra cost, over per-model rates {1, 1/2, ..., 1/16, 0}; links fill
+``cascade``    per-frame: a cheap always-run set from ``ours``'s plan, then the models
+               whose held output is most likely wrong now (scene change since they last
+               ran, and age; learned from profiling) per unit cost, paced by a token
+               bucket; links fill (:mod:`~links.policies.cascade`)
 =============  ==========================================================================
 
 Rates and the frame schedule
@@ -59,6 +63,7 @@ from typing import Any
 
 from links.policies.base import AccuracyEstimate, EstimateFn, PlanInputs, Policy, estimate_accuracy
 from links.policies.baselines import AllPolicy, HoldLastPolicy, PriorPolicy, StandalonePolicy
+from links.policies.cascade import CascadeDecider, CascadePolicy, ChangeRisk, Trigger, pair_observations
 from links.policies.mlink import MLinkPolicy, mlink_scores
 from links.policies.ours import OursPolicy
 from links.policies.reducto import (
@@ -77,6 +82,11 @@ __all__ = [
     "POLICIES",
     "AccuracyEstimate",
     "AllPolicy",
+    "CascadeDecider",
+    "CascadePolicy",
+    "ChangeRisk",
+    "Trigger",
+    "pair_observations",
     "EstimateFn",
     "HoldLastPolicy",
     "MLinkPolicy",
@@ -107,7 +117,7 @@ __all__ = [
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (AllPolicy, StandalonePolicy, PriorPolicy, HoldLastPolicy, ReductoPolicy,
-                MLinkPolicy, OursPolicy)
+                MLinkPolicy, OursPolicy, CascadePolicy)
 }
 
 

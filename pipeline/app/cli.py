@@ -24,7 +24,7 @@ from pipeline.home import quiet_third_party
 from pipeline.redis_conn import REDIS_DOWN, first_line
 
 DEFAULT_CONFIG = "cameras.yaml"
-POLICY_HELP = "scheduling policy: all, standalone, prior, hold-last, reducto, mlink, ours"
+POLICY_HELP = "scheduling policy: all, standalone, prior, hold-last, reducto, mlink, ours, cascade"
 BUDGET_HELP = "33%% (of all models' compute), 120ms, 4096MB, gpu:4096MB or 3models"
 WEB_BIND = "127.0.0.1:8080"  # the web view's default: this machine only
 
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="every policy at every budget through the real pipeline, compared at equal measured compute")
     s.add_argument("videos", nargs="+", metavar="VIDEO")
     s.add_argument("--budgets", required=True, help="comma-separated, e.g. 15%%,25%%,33%%,50%% (bracket 1/5 and 1/3 of all's compute)")
-    s.add_argument("--policies", default="standalone,prior,hold-last,reducto,mlink,ours")
+    s.add_argument("--policies", default="standalone,prior,hold-last,reducto,mlink,ours,cascade")
     s.add_argument("--out", type=Path, required=True, help="output directory")
     s.add_argument("--config", help="take models and settings from this config")
     s.add_argument("--redis")
