@@ -125,6 +125,8 @@ class CamState:
     triggers: dict[int, dict[str, str]] = field(default_factory=dict)  # frame -> model -> why it ran, until described
     estimated: dict[int, float] = field(default_factory=dict)  # frame -> the cost its decision booked, until observed
     fresh_obs: dict[str, list[tuple[float, int, float]]] = field(default_factory=dict)  # this period's risk observations
+    calibration: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> risk predicted vs error observed, last period
+    exec_thumbs: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)  # model -> (frame, thumbnail) it last ran on
 
 
 class RuntimePolicy:
@@ -193,6 +195,9 @@ class RuntimePolicy:
             st.decider.tokens += booked - admitted  # refused by the cap: not spent
             st.triggers[frame.frame] = {m: choice[m] for m in run}
             st.estimated[frame.frame] = admitted
+            # Booked as run now: the next frames of this batch are decided before any model runs,
+            # and must not all re-run a model for the same change.
+            st.decider.executed(frame.frame, st.thumbs[frame.frame], run)
             return set(run)
         wanted = st.gate.step(st.diffs[-1]) if st.gate is not None else st.plan.executed_at(frame.frame)
         if gov is None:
@@ -324,11 +329,13 @@ class RuntimePolicy:
             if len(executed) == len(st.models) and st.risk is not None:
                 # A profiling frame: the truth for every model, against what each would have reused.
                 for m, out in executed.items():
-                    if m in dec.last and m in st.last and st.last[m][1] == dec.last[m][0] < frame:
-                        prev_frame, prev_thumb = dec.last[m]
+                    prev = st.exec_thumbs.get(m)
+                    if prev is not None and m in st.last and st.last[m][1] == prev[0] < frame:
                         err = 1.0 - model_accuracy(st.last[m][0], out)
-                        st.fresh_obs.setdefault(m, []).append((frame_difference(thumb, prev_thumb), frame - prev_frame, err))
+                        st.fresh_obs.setdefault(m, []).append((frame_difference(thumb, prev[1]), frame - prev[0], err))
             dec.executed(frame, thumb, executed)
+        for m in executed:
+            st.exec_thumbs[m] = (frame, thumb)
         if not (len(executed) == len(st.models) and st.models):
             st.thumbs.pop(frame, None)  # only the aligned samples' thumbnails are needed later
 
@@ -439,6 +446,8 @@ class RuntimePolicy:
                 st.governor.limit = resolved.limit  # keep the estimates it learned from measurements
         inp = PlanInputs(st.models, costs, planning, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
         st.plan = self.planner.plan(inp)
+        if st.calibration:
+            st.plan.notes["calibration"] = st.calibration  # the last period's check of the risk model (published with the plan)
         if self.name == "cascade" and st.governor is not None:
             always = tuple(st.plan.notes.get("always", ()))
             cands = tuple(m for m in st.models if m not in always)
@@ -463,8 +472,9 @@ class RuntimePolicy:
                     st.risk.add(m, d, age, err)
             st.risk.fit()
             st.fresh_obs = {}
+            st.calibration = {m: {"predicted": round(p, 4), "observed": round(o, 4), "n": n} for m, (p, o, n) in calib.items()}
             if st.plan is not None:
-                st.plan.notes["calibration"] = {m: {"predicted": round(p, 4), "observed": round(o, 4), "n": n} for m, (p, o, n) in calib.items()}
+                st.plan.notes["calibration"] = st.calibration
         if st.samples is not None and len(st.samples) >= 2 and self.opts.adapt and st.linkset is not None:
             # Adaptation: fine-tune on the last period's fresh aligned samples, then re-plan.
             fresh = st.samples

@@ -226,6 +226,11 @@ def test_every_policy_holds_its_budget_in_measured_ms_over_several_periods(r: re
     spend = [sum(o.get("ms", 0.0) for o in x["outputs"].values() if o["origin"] == "executed") for x in budgeted]
     worst = max(sum(spend[i : i + period]) for i in range(len(spend) - period + 1))
     assert worst <= limit * period * 1.05, (worst, limit * period, spend)
+    if policy == "cascade":
+        # Each period the risk model is checked against the profiling frames (predicted vs observed error), then refitted.
+        calib = pol.cams["cam"].plan.notes.get("calibration")
+        assert calib, pol.cams["cam"].plan.notes
+        assert all(0.0 <= c["predicted"] <= 1.0 and 0.0 <= c["observed"] <= 1.0 and c["n"] >= 1 for c in calib.values())
     # the records report that measured spend
     assert budgeted[-1]["policy"]["used"] == pytest.approx(sum(spend[-(period - 1):]) / (period - 1), rel=0.05, abs=0.05)
 
