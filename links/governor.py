@@ -9,8 +9,11 @@ that closes the window, bounded by ``margin``).
 Per frame: :meth:`Governor.admit` takes the models a policy wants, in priority order,
 and keeps those that fit in the room the window has left, using a running estimate of
 each model's cost; after the frame, :meth:`Governor.charge` books what the executed
-models measurably cost and updates the estimates (an exponential moving average), so
-the next decisions use the machine's real costs.
+models measurably cost and updates the estimates (an exponential moving average that
+follows rises faster than falls: a cap should err high), so the next decisions use the
+machine's real costs. Start it from what a model costs on one frame alone: a budgeted
+worker runs most models on one or two frames of a batch, where the per-call overhead is
+not shared, so the batched cost the budget is expressed in would be an underestimate.
 
 Quiet stretches bank room for busy ones inside the window; nothing is banked beyond it.
 Pure: numbers in, decisions out; no clock, no I/O.
@@ -37,7 +40,8 @@ class Governor:
     limit: float  # allowed spend per frame, on average over every window (ms for a compute budget)
     window: int  # frames per window
     estimate: dict[str, float]  # predicted cost per model execution, updated from measurements
-    alpha: float = 0.3  # weight of a new measurement in the running estimate
+    alpha: float = 0.2  # weight of a new measurement below the running estimate
+    alpha_up: float = 0.6  # ...and above it: costs that rise are believed fast, falls slowly (a cap errs high)
     margin: float = 0.05  # admit a model only if its estimate x (1 + margin) fits: measurements vary
     _frames: deque[_Frame] = field(init=False, repr=False)
 
@@ -46,8 +50,8 @@ class Governor:
             raise ValueError(f"governor: limit must be > 0, got {self.limit}")
         if self.window < 1:
             raise ValueError(f"governor: window must be >= 1 frame, got {self.window}")
-        if not 0 < self.alpha <= 1:
-            raise ValueError("governor: alpha must be in (0, 1]")
+        if not (0 < self.alpha <= 1 and 0 < self.alpha_up <= 1):
+            raise ValueError("governor: alpha and alpha_up must be in (0, 1]")
         bad = [m for m, c in self.estimate.items() if not c >= 0]
         if bad:
             raise ValueError(f"governor: negative or unknown cost for {bad}")
@@ -95,7 +99,8 @@ class Governor:
                 raise ValueError(f"governor: negative measured cost for {m}")
             spent += c
             old = self.estimate.get(m)
-            self.estimate[m] = c if old is None else (1 - self.alpha) * old + self.alpha * c
+            a = self.alpha_up if old is None or c > old else self.alpha
+            self.estimate[m] = c if old is None else (1 - a) * old + a * c
         pending = next((f for f in self._frames if not f.final), None)
         if pending is not None:
             pending.spend, pending.final = spent, True

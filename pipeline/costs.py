@@ -6,6 +6,8 @@ in, on the device each model runs on:
 
 - ``ms``: milliseconds per frame, the median of timed batches after a warm-up (the batch
   is the measuring frames, like a worker's read of several frames);
+- ``single_ms``: one frame on its own, what a model costs when a budgeted policy runs it on
+  one frame of a batch (the per-call overhead is not shared); the governor starts from it;
 - ``mem_mb``: memory the model holds: its weights (parameters and buffers, or the ONNX
   file) plus the resident memory its forward passes added;
 - ``gpu_mb`` (CUDA only, else 0): the model's weights on the GPU plus the peak CUDA memory
@@ -48,6 +50,7 @@ class MeasuredCost:
     frames: int  # frames timed per batch
     runtime: str = ""
     kind: str = ""
+    single_ms: float = 0.0  # one frame on its own (a batch of 1 pays the per-call overhead alone); 0 = not measured
 
 
 def _rss_mb() -> float:
@@ -121,6 +124,12 @@ def measure_model(model: Model, frames: Sequence[np.ndarray], repeats: int = 3, 
             model.predict(b, cams[: len(b)])
         _sync(device)
         times.append((time.perf_counter() - t0) * 1000 / len(frames))
+    single = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict(frames[:1], cams[:1])
+        _sync(device)
+        single.append((time.perf_counter() - t0) * 1000)
     w = weights_mb(model)
     gpu = 0.0
     if cuda:
@@ -131,7 +140,8 @@ def measure_model(model: Model, frames: Sequence[np.ndarray], repeats: int = 3, 
     mem = (0.0 if cuda else w) + max(0.0, _rss_mb() - before)
     if hasattr(model, "_subs"):
         model._subs.pop("__measure__", None)  # measurement must not seed a real camera's state
-    cost = MeasuredCost(model.name, float(np.median(times)), mem, gpu, device, len(batches[0]), model.runtime, model.kind.value)
+    cost = MeasuredCost(model.name, float(np.median(times)), mem, gpu, device, len(batches[0]), model.runtime, model.kind.value,
+                        single_ms=float(np.median(single)))
     model.cost = cost
     return cost
 
@@ -175,7 +185,7 @@ def measure_all(
         m = models[name]
         key = spec_key(specs[name], m.device, frames[0].shape)
         cached = None if remeasure else cache.get(key)
-        if cached is None:
+        if cached is None or not cached.single_ms:  # (an older cache entry lacks the single-frame time)
             cached = measure_model(m, frames)
             cache.put(key, cached)
         m.cost = cached
@@ -200,8 +210,18 @@ def load_costs(r: redis.Redis | None, models: list[str]) -> dict[str, ModelCost]
 
 def store_costs(r: redis.Redis, costs: dict[str, Any]) -> None:
     """Publish measured costs so every worker on every host plans with the same numbers."""
-    r.hset(COSTS_KEY, mapping={m: json.dumps({"ms": c.ms, "mem_mb": c.mem_mb, "gpu_mb": c.gpu_mb, "device": getattr(c, "device", "")})
+    r.hset(COSTS_KEY, mapping={m: json.dumps({"ms": c.ms, "mem_mb": c.mem_mb, "gpu_mb": c.gpu_mb, "device": getattr(c, "device", ""),
+                                              "single_ms": getattr(c, "single_ms", 0.0)})
                                for m, c in costs.items()})
+
+
+def load_single_ms(r: redis.Redis | None, models: list[str]) -> dict[str, float]:
+    """Per model, the published time of one frame on its own (0 where not measured): what a
+    model costs when it runs on one frame of a batch, the budgeted case."""
+    if r is None:
+        return dict.fromkeys(models, 0.0)
+    raw = r.hmget(COSTS_KEY, models)
+    return {m: float(json.loads(v).get("single_ms", 0.0)) if v else 0.0 for m, v in zip(models, raw)}
 
 
 def measure_config_costs(cfg: Config, r: redis.Redis, *, check_budget: bool, remeasure: bool = False) -> dict[str, MeasuredCost]:

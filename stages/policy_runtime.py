@@ -57,7 +57,7 @@ from links.policies import (
     thumbnail,
 )
 from links.samples import AlignedSamples, ModelMeta
-from pipeline.costs import load_costs
+from pipeline.costs import load_costs, load_single_ms
 from pipeline.errors import UserError
 from pipeline.keys import COSTS_KEY, held_key, links_key
 from pipeline.streams import FrameMsg
@@ -441,7 +441,10 @@ class RuntimePolicy:
             planning = ResolvedBudget(resolved.resource, max(resolved.limit - reserve, 0.0), text=resolved.text)
             amounts = {m: resolved.amount(costs[m]) for m in st.models}
             if st.governor is None:
-                st.governor = Governor(resolved.limit, self.opts.period_frames, amounts)
+                start = dict(amounts)
+                if resolved.resource == "ms":  # one frame alone costs more than its share of a batch
+                    start = {m: max(a, load_single_ms(self.r, [m])[m]) for m, a in amounts.items()}
+                st.governor = Governor(resolved.limit, self.opts.period_frames, start)
             else:
                 st.governor.limit = resolved.limit  # keep the estimates it learned from measurements
         inp = PlanInputs(st.models, costs, planning, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)

@@ -195,9 +195,24 @@ def test_costs_come_from_measurement(r: redis.Redis, gif35: Path) -> None:
     assert measured["haar_full_body"].ms > 5 * measured["scene_light"].ms, measured
     store_costs(r, measured)
     assert {k.decode(): json.loads(v)["ms"] for k, v in r.hgetall(COSTS_KEY).items()} == pytest.approx({m: c.ms for m, c in measured.items()})
+    # one frame on its own is timed too, and published: the governor starts from it
+    assert all(c.single_ms > 0 for c in measured.values())
+    assert {k.decode(): json.loads(v)["single_ms"] for k, v in r.hgetall(COSTS_KEY).items()} == pytest.approx(
+        {m: c.single_ms for m, c in measured.items()})
     n = _decode(r, "cam", gif35)
     pol = RuntimePolicy(RuntimeOptions(name="ours", budget="25%", epochs=8, cold_start_frames=12, period_frames=100), r)
+    plan_calls: list[dict[str, float]] = []
+    orig = pol._plan
+
+    def spy(camera: str, st: Any, *a: Any, **kw: Any) -> None:
+        first = st.governor is None
+        orig(camera, st, *a, **kw)
+        if first and st.governor is not None:
+            plan_calls.append(dict(st.governor.estimate))
+
+    pol._plan = spy  # type: ignore[method-assign]
     Worker(r, pol, batch=4, block_ms=50).run(idle_exit_s=1.0)
+    assert plan_calls == [pytest.approx({m: max(c.ms, c.single_ms) for m, c in measured.items()})]
     budgeted = [x["policy"] for x in _records(r, "cam") if x["policy"].get("phase") == "budgeted"]
     assert budgeted and len(budgeted) < n
     total = sum(c.ms for c in measured.values())
