@@ -105,7 +105,9 @@ class RedisMetricsCollector(Collector):
                     state = ""
             out[cam] = {
                 "decoded": int(info.get("next_frame", 0) or 0),
-                "dropped": int(info.get("dropped", 0) or 0) + counters.get("dropped", 0),
+                # trimmed unread by the live bound (camera hash) + not delivered (Redis away, reader
+                # behind the camera) + trimmed while a worker that then died held them
+                "dropped": int(info.get("dropped", 0) or 0) + counters.get("dropped", 0) + counters.get("trimmed", 0),
                 "processed": counters.get("processed", 0),
                 "bad_frames": counters.get("bad_frames", 0),
                 "skipped": counters.get("skipped", 0),

@@ -10,9 +10,13 @@ with SIGKILL at random intervals and starts it again, and restarts Redis (SHUTDO
 Every few seconds it samples Redis memory, each process's RSS, and per camera the frames
 decoded, records, counted losses (dropped, skipped) and record latency.
 
-At the end it prints, per camera: frames decoded = records + dropped + skipped + still
-queued (exact accounting), p50/p99 record latency outside the fault windows, and memory at
-start and end; and writes soak.json and soak.png (memory, RSS and latency over time).
+At the end it prints, per camera: frames decoded = records + dropped (never sent: Redis away
+or the reader ahead of the camera loop; or sent and trimmed by the live bound unprocessed)
++ skipped (older than the lag bound) + still queued, exactly, as counted in Redis (a frame
+decoded inside a decoder at the instant it is SIGKILLed is not counted anywhere), p50/p99
+record latency outside the fault windows, and Redis memory and stage RSS after the warm-up
+(the first minute: models load) and at the end; and writes soak.json and soak.png (memory,
+RSS and latency over time).
 """
 
 from __future__ import annotations
@@ -179,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     for c in cams:
         info = r.hgetall(camera_key(c))
         m = {k.decode(): int(v) for k, v in r.hgetall(metrics_key(c)).items()}
-        decoded = int(info.get(b"next_frame", 0))
-        dropped = int(info.get(b"dropped", 0)) + m.get("dropped", 0)
+        indexed = int(info.get(b"next_frame", 0))  # frames that got a frame index (sent to Redis)
+        undelivered = m.get("dropped", 0)  # decoded but never sent: Redis away, or the reader ahead of the loop
+        trimmed = int(info.get(b"dropped", 0)) + m.get("trimmed", 0)  # sent, then trimmed by the live bound unprocessed
         queued = int(r.xlen(frames_key(c)))
-        acct[c] = {"decoded": decoded, "records": r.xlen(results_key(c)), "processed": m.get("processed", 0), "dropped": dropped,
+        acct[c] = {"decoded": indexed + undelivered, "records": r.xlen(results_key(c)), "processed": m.get("processed", 0),
+                   "dropped": undelivered + trimmed, "undelivered": undelivered, "trimmed": trimmed,
                    "skipped": m.get("skipped", 0), "queued": queued}
-        acct[c]["unaccounted"] = decoded - acct[c]["processed"] - dropped - acct[c]["skipped"] - queued
+        acct[c]["unaccounted"] = indexed - acct[c]["processed"] - trimmed - acct[c]["skipped"] - queued
     srv.stop()
     windows = [(t - 5, t + 15) for t, _ in faults]
     lat = {}
@@ -202,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c:8s} {x['decoded']:8d} {x['processed']:8d} {x['dropped']:8d} {x['skipped']:8d} {x['queued']:7d} {x['unaccounted']:11d} "
               f"{lt['p50'] or float('nan'):6.2f} {lt['p99'] or float('nan'):6.2f}")
     if samples:
-        print(f"redis memory {samples[0]['redis_mb']:.1f} -> {samples[-1]['redis_mb']:.1f} MB; stage RSS {samples[0]['rss_mb']:.0f} -> {samples[-1]['rss_mb']:.0f} MB")
+        warm = next((x for x in samples if x["t"] >= min(60.0, a.duration / 2)), samples[0])
+        print(f"after warm-up ({warm['t']:.0f} s) -> end: redis memory {warm['redis_mb']:.1f} -> {samples[-1]['redis_mb']:.1f} MB; "
+              f"stage RSS {warm['rss_mb']:.0f} -> {samples[-1]['rss_mb']:.0f} MB (max {max(x['rss_mb'] for x in samples):.0f})")
         plot(result, a.out / "soak.png")
     return 0 if all(x["unaccounted"] == 0 for x in acct.values()) else 1
 

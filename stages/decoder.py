@@ -76,6 +76,7 @@ class Decoder:
         self.fkey, self.skey = frames_key(cam.name), status_key(cam.name)
         self.sent = 0
         self.dropped = 0
+        self._reader_drops_counted = 0
         self._room = 0  # frames that may still be sent before asking Redis again
         self._send_script = r.register_script(_SEND_LUA)
         self._next_failed_check = 0.0
@@ -132,6 +133,7 @@ class Decoder:
                 msg = FrameMsg(cam.name, next_frame, sf.pts, sf.pts_raw, time.time(), w, h, sf.image)
                 if guard.send(lambda: self._send(msg, ckey, next_frame + 1, sf.pos)):
                     next_frame += 1  # else: Redis away, a live frame dropped (guard.dropped, metrics)
+                self._count_reader_drops(src.dropped)
             if self.should_stop():
                 self.status("stopped", frames=next_frame, first_frame=first_frame, mode=cam.mode.value)
                 return ExitCode.OK
@@ -143,6 +145,17 @@ class Decoder:
         except UserError as exc:
             self.status("error", reason=str(exc), frames=next_frame, first_frame=first_frame, mode=cam.mode.value)
             return ExitCode.FAILED
+
+    def _count_reader_drops(self, total: int) -> None:
+        """Frames the live reader decoded but threw away because this loop was behind the camera
+        (latest-frame semantics): counted in ``metrics:{cam}`` ``dropped`` like outage drops, so
+        frames decoded = frame indices + counted drops."""
+        if total > self._reader_drops_counted:
+            try:
+                count_dropped(self.r, self.cam.name, total - self._reader_drops_counted)
+                self._reader_drops_counted = total
+            except REDIS_DOWN:
+                pass  # counted with the next frame once Redis is back
 
     def _check_given_up(self) -> None:
         """Once a second: has a worker marked this camera failed? (Then its frames would pile up unread.)"""

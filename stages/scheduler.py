@@ -147,8 +147,8 @@ return written
 # Claims frames whose worker went quiet (what XAUTOCLAIM does, spelled out because Redis
 # versions differ in how it reports deleted entries). A frame the live bound trimmed while
 # its worker held it (the decoder does not count those) and whose worker then died is gone:
-# it is acked and counted as dropped here, atomically with the claim, so every lost frame
-# counts once.
+# it is acked and counted (``trimmed`` in metrics:{cam}) here, atomically with the claim, so
+# every lost frame counts once.
 _RECLAIM_LUA = """
 local out, lost = {}, 0
 for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])) do
@@ -160,7 +160,7 @@ for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-'
     for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], id)) do table.insert(out, e) end
   end
 end
-if lost > 0 then redis.call('HINCRBY', KEYS[2], 'dropped', lost) end
+if lost > 0 then redis.call('HINCRBY', KEYS[2], 'trimmed', lost) end
 return out
 """
 

@@ -371,10 +371,10 @@ def test_live_trim_counts_each_lost_frame_once_even_when_a_worker_held_it(r: red
     survivor.run(idle_exit_s=0.5)
     frames = sorted(x["frame"] for x in _records(r, "lv"))
     assert frames == [6, 7, 8, 9]
-    lost_by_worker = int(r.hget(metrics_key("lv"), "dropped") or 0)
+    lost_by_worker = int(r.hget(metrics_key("lv"), "trimmed") or 0)
     assert lost_by_worker == 2  # frames 0 and 1: trimmed while held, their worker dead
     decoded = int(r.hget(ckey, "next_frame"))
     assert decoded == len(frames) + dec.dropped + lost_by_worker + r.xlen(frames_key("lv")) == 10
     # Run again: nothing is counted twice.
     survivor.run(idle_exit_s=0.3)
-    assert int(r.hget(metrics_key("lv"), "dropped")) == 2 and int(r.hget(ckey, "dropped")) == 4
+    assert int(r.hget(metrics_key("lv"), "trimmed")) == 2 and int(r.hget(ckey, "dropped")) == 4
