@@ -6,7 +6,7 @@ execute on each frame, runs them batched across the frames (and cameras) of one
 read, fills the remaining models through the policy (links, held values...),
 XADDs one record per frame to ``results:{cam}``, and only then XACKs (and
 XDELs) the frame. A worker that dies leaves its frames pending; live workers
-reclaim frames idle for longer than ``claim_idle_ms`` (XAUTOCLAIM).
+reclaim frames idle for longer than ``claim_idle_ms`` (XPENDING + XCLAIM in one script).
 
 I/O that survives the field:
 - Redis faults: a lost connection (Redis restarted, network blip) is retried
