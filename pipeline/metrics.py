@@ -47,6 +47,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from pipeline.keys import CAMERAS_KEY, camera_key, frames_key, metrics_key, status_key
+from pipeline.redis_conn import REDIS_DOWN
 
 
 def count_origin(origin: str, model: str) -> str:
@@ -122,13 +123,20 @@ class RedisMetricsCollector(Collector):
         return out
 
     def collect(self) -> Iterable[Any]:
-        snap = self.snapshot()
+        up = GaugeMetricFamily("mlink_redis_up", "1 when Redis answered this scrape, 0 while it is away")
+        try:
+            snap = self.snapshot()
+        except REDIS_DOWN:
+            # A scrape during an outage answers at once (no traceback, no hang): Redis is down.
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
         dec = CounterMetricFamily("mlink_frames_decoded", "Frames sent by the camera's decoder", labels=["camera"])
         proc = CounterMetricFamily("mlink_frames_processed", "Frames with an analytics record", labels=["camera"])
-        drop = CounterMetricFamily("mlink_frames_dropped", "Live frames dropped (stream bound, Redis away)", labels=["camera"])
+        drop = CounterMetricFamily("mlink_frames_dropped", "Live frames dropped (Redis away, reader behind the camera, trimmed by the stream bound)", labels=["camera"])
         bad = CounterMetricFamily("mlink_bad_frames", "Frame entries that could not be decoded", labels=["camera"])
         skip = CounterMetricFamily("mlink_frames_skipped", "Live frames older than max_lag_s, skipped by a worker to stay current", labels=["camera"])
-        recl = CounterMetricFamily("mlink_frames_reclaimed", "Frames reclaimed from dead workers (XAUTOCLAIM)", labels=["camera"])
+        recl = CounterMetricFamily("mlink_frames_reclaimed", "Frames reclaimed from dead workers", labels=["camera"])
         reco = CounterMetricFamily("mlink_reconnects", "Source reconnect attempts", labels=["camera"])
         outs = CounterMetricFamily("mlink_model_outputs", "Model outputs by origin: executed vs derived (links) and others",
                                    labels=["camera", "model", "origin"])
@@ -161,7 +169,7 @@ class RedisMetricsCollector(Collector):
             lags.add_metric([cam], v["lag_s"])
             if v["state"]:
                 st.add_metric([cam, v["state"]], 1)
-        return [dec, proc, drop, bad, skip, recl, reco, outs, dfps, pfps, lagf, lags, st]
+        return [up, dec, proc, drop, bad, skip, recl, reco, outs, dfps, pfps, lagf, lags, st]
 
 
 class RestartCollector(Collector):

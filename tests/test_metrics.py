@@ -85,3 +85,29 @@ def test_supervisor_serves_restart_counts(priv: PrivateRedis, gif23: Path) -> No
     finally:
         sup.stop()
     assert m[("mlink_process_restarts_total", (("camera", ""), ("process", "worker:0")))] >= 2
+
+
+def test_a_scrape_while_redis_is_away_answers_at_once_without_a_traceback(priv: PrivateRedis, capfd) -> None:  # type: ignore[no-untyped-def]
+    """The endpoint reports mlink_redis_up 0 during an outage (and 1 again after), with no
+    traceback on stderr and no hang; the client is one that does not wait out outages."""
+    r = priv.client()
+    server, _ = serve_metrics(redis_no_wait(priv), 0)
+    try:
+        port = server.server_port
+        assert scrape(port)[("mlink_redis_up", ())] == 1
+        priv.kill()
+        t0 = time.monotonic()
+        assert scrape(port)[("mlink_redis_up", ())] == 0
+        assert time.monotonic() - t0 < 5
+        priv.start()
+        assert scrape(port)[("mlink_redis_up", ())] == 1
+    finally:
+        server.shutdown()
+        r.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def redis_no_wait(priv: PrivateRedis):  # type: ignore[no-untyped-def]
+    import redis
+
+    return redis.Redis.from_url(priv.url, socket_connect_timeout=1, socket_timeout=2)
