@@ -336,8 +336,8 @@ class RuntimePolicy:
             dec.executed(frame, thumb, executed)
         for m in executed:
             st.exec_thumbs[m] = (frame, thumb)
-        if not (len(executed) == len(st.models) and st.models):
-            st.thumbs.pop(frame, None)  # only the aligned samples' thumbnails are needed later
+        if st.phase is not Phase.COLD_START:
+            st.thumbs.pop(frame, None)  # only the cold start's thumbnails are needed later (to fit the risk model)
 
     def _fit_risk(self, st: CamState, samples: AlignedSamples) -> ChangeRisk:
         """The risk model from a run of aligned samples (the cold start), see :class:`ChangeRisk`."""
@@ -456,7 +456,9 @@ class RuntimePolicy:
             cands = tuple(m for m in st.models if m not in always)
             cap = CascadeDecider.bucket_capacity(planning.limit, [st.governor.estimate[m] for m in cands])
             old = st.decider
-            st.decider = CascadeDecider(always, cands, max(planning.limit, 1e-6), cap, st.risk or ChangeRisk(list(st.models)),
+            if st.risk is None:  # links from elsewhere (another worker, a seed): learn the risks from profiling frames
+                st.risk = ChangeRisk(list(st.models))
+            st.decider = CascadeDecider(always, cands, max(planning.limit, 1e-6), cap, st.risk,
                                         floors={m: k for m, k in (self.opts.min_every or {}).items() if m in st.models})
             if old is not None:
                 st.decider.last, st.decider.tokens = old.last, min(old.tokens, cap)
