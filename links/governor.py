@@ -3,8 +3,9 @@
 A plan made on start-up costs is a forecast; models cost what they cost on this
 machine today (a loaded core, a bigger frame). The governor keeps the promise that
 benchmarks and users rely on: over every window of ``window`` consecutive frames the
-measured spend is at most ``limit * window`` (plus the estimation error of the frame
-that closes the window, bounded by ``margin``).
+measured spend is at most ``limit * window`` (plus the estimation error of the frames
+booked but not yet measured; the headroom it admits with grows with the estimation error
+it observes, so a loaded machine does not break the cap).
 
 Per frame: :meth:`Governor.admit` takes the models a policy wants, in priority order,
 and keeps those that fit in the room the window has left, using a running estimate of
@@ -29,10 +30,11 @@ __all__ = ["Governor"]
 
 
 class _Frame:
-    __slots__ = ("spend", "final")
+    __slots__ = ("spend", "estimate", "final")
 
-    def __init__(self, spend: float) -> None:
-        self.spend, self.final = spend, False
+    def __init__(self, spend: float, estimate: float) -> None:
+        # Until measured, ``spend`` is the estimate with headroom (what the window must hold room for).
+        self.spend, self.estimate, self.final = spend, estimate, False
 
 
 @dataclass
@@ -42,8 +44,10 @@ class Governor:
     estimate: dict[str, float]  # predicted cost per model execution, updated from measurements
     alpha: float = 0.2  # weight of a new measurement below the running estimate
     alpha_up: float = 0.6  # ...and above it: costs that rise are believed fast, falls slowly (a cap errs high)
-    margin: float = 0.05  # admit a model only if its estimate x (1 + margin) fits: measurements vary
+    margin: float = 0.05  # least headroom: admit a model only if its estimate x (1 + margin) fits
+    max_margin: float = 1.0  # most headroom the learned estimation error may ask for
     _frames: deque[_Frame] = field(init=False, repr=False)
+    _errors: deque[float] = field(init=False, repr=False)  # measured / booked spend of recent frames
 
     def __post_init__(self) -> None:
         if not self.limit > 0:
@@ -59,6 +63,16 @@ class Governor:
         # The last window-1 frames: measured spend, or the estimate of frames admitted but not charged yet
         # (a worker decides a whole batch before it runs any model).
         self._frames = deque(maxlen=self.window - 1)
+        self._errors = deque(maxlen=64)
+
+    def headroom(self) -> float:
+        """The margin admissions use: at least ``margin``, more when recent frames cost more than
+        booked (the 90th percentile of measured / booked over the last 64 frames, minus 1): on a
+        loaded machine the estimates run behind, and the cap must hold anyway."""
+        if len(self._errors) < 8:
+            return self.margin
+        q = sorted(self._errors)[int(0.9 * (len(self._errors) - 1))]
+        return min(self.max_margin, max(self.margin, q - 1.0))
 
     def room(self) -> float:
         """What the next frame may spend so that the window ending with it stays within the cap."""
@@ -70,25 +84,27 @@ class Governor:
         Books their estimated cost for this frame until :meth:`charge` books the measured one.
         """
         room = self.room()
+        k = 1 + self.headroom()
         out = []
         for m in wanted:
-            c = self.estimate[m] * (1 + self.margin)
+            c = self.estimate[m] * k
             if c <= room:
                 out.append(m)
                 room -= c
-        self._book(sum(self.estimate[m] for m in out))
+        self._book(sum(self.estimate[m] for m in out), k)
         return out
 
     def admit_all_or_none(self, models: Sequence[str]) -> bool:
         """All of ``models`` together (a profiling frame), or nothing booked. True when admitted."""
-        if sum(self.estimate[m] for m in models) * (1 + self.margin) > self.room():
+        k = 1 + self.headroom()
+        if sum(self.estimate[m] for m in models) * k > self.room():
             return False
-        self._book(sum(self.estimate[m] for m in models))
+        self._book(sum(self.estimate[m] for m in models), k)
         return True
 
-    def _book(self, spend: float) -> None:
+    def _book(self, estimate: float, k: float) -> None:
         if self._frames.maxlen:
-            self._frames.append(_Frame(spend))
+            self._frames.append(_Frame(estimate * k, estimate))
 
     def charge(self, measured: Mapping[str, float]) -> float:
         """Book the measured cost of the models executed on the oldest admitted frame not yet
@@ -103,6 +119,8 @@ class Governor:
             self.estimate[m] = c if old is None else (1 - a) * old + a * c
         pending = next((f for f in self._frames if not f.final), None)
         if pending is not None:
+            if pending.estimate > 0:
+                self._errors.append(spent / pending.estimate)
             pending.spend, pending.final = spent, True
         return spent
 

@@ -46,11 +46,15 @@ def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> N
     assert [c["k"] for c in res["hold_last_curve"]] == list(range(1, 17))
     assert set(res["summary"]["at"]) == {"hold-last", "ours", "hold-last (exact, k=1..16)"}
     assert set(res["summary"]["at"]["ours"]["mean"]) == {"1/5", "1/3"}
+    # per model at equal compute, and the prior (the reference's most common value) the informative targets are measured against
+    assert set(res["summary"]["at"]["ours"]["per_model"]) == set(MODELS)
+    assert set(res["prior_accuracy"]) == set(MODELS) and all(0.0 < v <= 1.0 for v in res["prior_accuracy"].values())
+    assert all((v < 0.9) == res["informative"][m] for m, v in res["prior_accuracy"].items())
     for png in ("accuracy_vs_compute.png", "accuracy_informative_vs_compute.png", "per_model.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
     table = (out / "bench.md").read_text()
-    assert "| ours | 30% | 1/1 |" in table and "mean @ 1/5" in table
+    assert "| ours | 30% | 1/1 |" in table and "mean @ 1/5" in table and "Per model at 1/3 of all's compute" in table
     assert "| ours | 30% | 1/1 |" in proc.stdout
     # the README's tables come from this file through the generator script
     readme = tmp_path / "README.md"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.app.bench_score import drift_periods, hold_last_curve, informative_targets, interpolate_at, overspend, score_run
+from pipeline.app.bench_score import drift_periods, hold_last_curve, informative_targets, interpolate_at, overspend, prior_cover, score_run
 
 CLASSES = {"det": ("person",), "val": ("value",)}
 
@@ -109,6 +109,8 @@ def test_informative_targets() -> None:
     assert informative_targets(ref, ["det", "val"]) == {"det": False, "val": False}  # 100% and 95% the same
     ref = {"c": {i: rec(i, det([BOX] * (i % 3)), val(0.1 * (i % 4))) for i in range(100)}}
     assert informative_targets(ref, ["det", "val"]) == {"det": True, "val": True}
+    # the prior: always the most common value; 34 of 100 frames have 0 boxes, 25 each value
+    assert prior_cover(ref, ["det", "val"]) == {"det": pytest.approx(0.34), "val": pytest.approx(0.25)}
 
 
 @pytest.mark.parametrize("x, expected", [(0.2, 0.9), (0.25, 0.925), (0.5, 1.0), (0.1, math.nan), (0.7, math.nan)])

@@ -105,3 +105,24 @@ def test_batched_worker_with_per_call_overhead_holds_every_window() -> None:
     worst = max(windows(spend, 40))
     assert worst <= limit * 40 * 1.05, (worst, limit * 40)
     assert sum(spend) / len(spend) >= 0.7 * limit
+
+
+def test_headroom_grows_with_the_estimation_error_it_observes() -> None:
+    """Costs that keep coming in 50% above an estimate that does not learn (the worst case: a
+    machine that got slower), with a batch of 8 decided at once in windows of 10 frames, so
+    most of a window is booked before any of it is measured: the governor widens its headroom
+    from the errors it measured, and booked frames hold room at estimate x headroom, so the
+    windows after the first hold the cap; a fixed 5% margin overspends them by 40%."""
+    cost = {"a": 10.0, "b": 4.0}
+
+    def worst_late_window(max_margin: float) -> float:
+        g = Governor(limit=6.0, window=10, estimate=dict(cost), alpha=1e-6, alpha_up=1e-6, max_margin=max_margin)
+        spend: list[float] = []
+        for _ in range(40):
+            chosen = [g.admit(["b", "a"]) for _ in range(8)]
+            spend += [g.charge({m: 1.5 * cost[m] for m in c}) for c in chosen]
+        assert max_margin < 0.5 or g.headroom() == pytest.approx(0.5, abs=0.01)
+        return max(windows(spend[64:], 10)) / (6.0 * 10)
+
+    assert worst_late_window(1.0) <= 1.0
+    assert worst_late_window(0.05) >= 1.3

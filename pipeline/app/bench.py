@@ -26,6 +26,7 @@ run), ``bench.md`` (tables, from :mod:`pipeline.app.bench_report`) and PNG plots
 
 from __future__ import annotations
 
+import math
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ from links.outputs import ModelOutput
 from links.policies import frame_difference, thumbnail
 from links.samples import AlignedSamples, ModelMeta
 from pipeline.app.bench_report import format_tables, plot_bench
-from pipeline.app.bench_score import drift_periods, hold_last_curve, informative_targets, interpolate_at, overspend, score_run
+from pipeline.app.bench_score import drift_periods, hold_last_curve, informative_targets, interpolate_at, overspend, prior_cover, score_run
 from pipeline.app.session import ProgressSink, RecordStore, SessionOptions, run_session
 from pipeline.config import Config, SchedulerConfig, parse_config, replay_config_from
 from pipeline.costs import measure_config_costs
@@ -218,6 +219,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         frames = {cam: [f for f in sorted(ref.records[cam]) if f >= cut.get(cam, 0)] for cam in cfg.cameras}
         n_eval = sum(len(v) for v in frames.values())
         informative = informative_targets(ref.records, names, frames)
+        prior = prior_cover(ref.records, names, frames)
 
         runs: list[dict[str, Any]] = []
         combos = [(seed, b, p) for seed in range(opts.repeats) for b in opts.budgets for p in opts.policies if p != "all"]
@@ -258,7 +260,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                         "warm_links": opts.warm_links, "period_frames": opts.period_frames, "profile_fraction": opts.profile_fraction,
                         "cold_start_frames": opts.cold_start_frames, "workers": opts.workers},
             "semantics": "warm links (upper bound, not production)" if opts.warm_links is not None else "production (cold start counted)",
-            "eval_frames": n_eval, "boundaries": boundaries, "informative": informative,
+            "eval_frames": n_eval, "boundaries": boundaries, "informative": informative, "prior_accuracy": prior,
             "reference": {"fps": ref.fps, "wall_s": ref.wall_s, **ref_score.to_json()},
             "hold_last_curve": curve, "runs": runs,
             "timings": {**timings, "runs_s": sum(x["wall_s"] for x in runs)},
@@ -298,6 +300,21 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         mine = [x for x in rows if x["policy"] == p and x["valid"]]
         at[p] = {key: {label: interpolate_at([(x["compute_share"][0], x[key][0]) for x in mine], share) for label, share in SHARES.items()}
                  for key in ("mean", "informative")}
+    for p in list(at):
+        mine = [x for x in result["runs"] if x["policy"] == p and x["valid"]]
+        by_budget: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for x in mine:
+            by_budget[x["budget"]].append(x)
+        pts = {b: (float(np.mean([x["compute_share"] for x in xs])), {m: float(np.mean([x["accuracy"]["per_model"][m] for x in xs]))
+                                                                         for m in result["models"]}) for b, xs in by_budget.items()}
+        at[p]["per_model"] = {m: {label: interpolate_at([(c, acc[m]) for c, acc in pts.values()], share) for label, share in SHARES.items()}
+                              for m in result["models"]}
+        prior = result.get("prior_accuracy")
+        inf = [m for m, v in result["informative"].items() if v]
+        if prior and inf:
+            base = float(np.mean([prior[m] for m in inf]))
+            at[p]["prior_error_closed"] = {label: (v - base) / (1 - base) if not math.isnan(v) and base < 1 else math.nan
+                                           for label, v in at[p]["informative"].items()}
     curve = result["hold_last_curve"]
     at["hold-last (exact, k=1..16)"] = {key: {label: interpolate_at([(c["compute_share"], c[key]) for c in curve], share)
                                               for label, share in SHARES.items()} for key in ("mean", "informative")}

@@ -38,6 +38,20 @@ def format_tables(res: dict[str, Any]) -> str:
     ]
     for p, v in s["at"].items():
         lines.append(f"| {p} | {_f(v['mean']['1/5'])} | {_f(v['mean']['1/3'])} | {_f(v['informative']['1/5'])} | {_f(v['informative']['1/3'])} |")
+    prior = res.get("prior_accuracy")
+    if prior and inf:
+        base = sum(prior[m] for m in inf) / len(inf)
+        lines += ["", f"Informative targets, share of the prior's error closed at equal compute (prior = always the most common "
+                  f"reference value, {base:.3f} on them): " + "; ".join(
+                      f"{p} {_f(v['prior_error_closed']['1/5'], '.0%')} @ 1/5, {_f(v['prior_error_closed']['1/3'], '.0%')} @ 1/3"
+                      for p, v in s["at"].items() if "prior_error_closed" in v)]
+    per = {p: v["per_model"] for p, v in s["at"].items() if "per_model" in v}
+    if per:
+        for label in ("1/5", "1/3"):
+            lines += ["", f"Per model at {label} of all's compute (interpolated; — = not bracketed):", "",
+                      "| model | " + " | ".join(per) + " |", "|---|" + "---|" * len(per)]
+            for m in res["models"]:
+                lines.append(f"| {m} | " + " | ".join(_f(per[p][m][label]) for p in per) + " |")
     lines += ["", "Every run (mean ± spread over valid repeats; compute = executed outputs priced at their measured ms in the reference run, over all's, cold start included):", "",
               "| policy | budget | valid | compute | mean acc | informative acc | box F1 | count MAE | frames/s |",
               "|---|---|---|---|---|---|---|---|---|"]

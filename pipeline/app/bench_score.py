@@ -42,6 +42,7 @@ __all__ = [
     "RunScore",
     "score_run",
     "informative_targets",
+    "prior_cover",
     "interpolate_at",
     "hold_last_curve",
     "drift_periods",
@@ -104,12 +105,18 @@ class RunScore:
 
 def informative_targets(ref: Records, models: Sequence[str], frames: Mapping[str, Sequence[int]] | None = None) -> dict[str, bool]:
     """True where the model's most common reference value covers < 90% of the frames."""
+    return {m: c < 0.9 for m, c in prior_cover(ref, models, frames).items()}
+
+
+def prior_cover(ref: Records, models: Sequence[str], frames: Mapping[str, Sequence[int]] | None = None) -> dict[str, float]:
+    """Per model, the share of frames its most common reference value covers: the accuracy
+    of always answering that value (an optimistic prior: it knows the whole run's mode)."""
     recs = [ref[c][f] for c in ref for f in (frames[c] if frames else ref[c])]
-    info = {}
+    info: dict[str, float] = {}
     for m in models:
         outs = [r["outputs"][m] for r in recs]
         if not outs:
-            info[m] = False
+            info[m] = 1.0
             continue
         if outs[0]["kind"] == OutputKind.SCALAR.value:
             v = np.array([o["value"] for o in outs], float)
@@ -118,7 +125,7 @@ def informative_targets(ref: Records, models: Sequence[str], frames: Mapping[str
         else:
             keys = [tuple(sorted(o["counts"].items())) if "counts" in o else o.get("label") for o in outs]
             cover = Counter(keys).most_common(1)[0][1] / len(keys)
-        info[m] = cover < 0.9
+        info[m] = float(cover)
     return info
 
 
