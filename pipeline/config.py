@@ -435,12 +435,23 @@ class SchedulerConfig(Strict):
     min_every: dict[str, int] = Field(default_factory=dict, description="cascade: model -> run it at least every this many "
                                       "frames (a floor kept before the budget is spent on the rest), e.g. {plate_det: 10}")
 
+    min_accuracy: dict[str, float] = Field(default_factory=dict, description="cascade: model -> the expected accuracy to keep "
+                                           "(it runs whenever its learned risk says less), e.g. {plate_det: 0.95}")
+
     @field_validator("min_every")
     @classmethod
     def _min_every_ok(cls, v: dict[str, int]) -> dict[str, int]:
         for m, k in v.items():
             if k < 1:
                 raise ValueError(f"min_every: {m}: must be at least 1 frame, got {k}")
+        return v
+
+    @field_validator("min_accuracy")
+    @classmethod
+    def _min_accuracy_ok(cls, v: dict[str, float]) -> dict[str, float]:
+        for m, a in v.items():
+            if not 0.0 < a < 1.0:
+                raise ValueError(f"min_accuracy: {m}: must be between 0 and 1 (exclusive), got {a}")
         return v
 
     @field_validator("budget")
@@ -456,8 +467,9 @@ class SchedulerConfig(Strict):
             raise ValueError(f"policy: unknown policy {self.policy!r} (available: {', '.join(POLICIES)})")
         if self.policy != "all" and not self.budget:
             raise ValueError(f"budget: policy {self.policy!r} needs a budget")
-        if self.min_every and self.policy != "cascade":
-            raise ValueError(f"min_every: only the cascade policy keeps per-model floors (policy is {self.policy!r})")
+        for key in ("min_every", "min_accuracy"):
+            if getattr(self, key) and self.policy != "cascade":
+                raise ValueError(f"{key}: only the cascade policy keeps per-model guarantees (policy is {self.policy!r})")
         return self
 
     def runtime_options(self) -> str:
@@ -466,7 +478,8 @@ class SchedulerConfig(Strict):
             return "all"
         return json.dumps({"name": self.policy, "budget": self.budget, "period_frames": self.period_frames,
                            "profile_fraction": self.profile_fraction, "cold_start_frames": self.cold_start_frames, "seed": self.seed,
-                           **({"min_every": self.min_every} if self.min_every else {})})
+                           **({"min_every": self.min_every} if self.min_every else {}),
+                           **({"min_accuracy": self.min_accuracy} if self.min_accuracy else {})})
 
 
 class Config(Strict):
@@ -475,11 +488,12 @@ class Config(Strict):
     base_dir: Path | None = Field(None, exclude=True)
 
     def check_floors(self, where: str) -> None:
-        """``scheduler.min_every`` may only name models the cameras run."""
+        """``scheduler.min_every`` / ``min_accuracy`` may only name models the cameras run."""
         known = {s.name for cam in self.cameras.values() for s in cam.model_specs}
-        unknown = sorted(set(self.scheduler.min_every) - known)
-        if unknown and self.cameras:
-            raise UserError(f"{where}: scheduler: min_every: {unknown[0]!r} is not a model of any camera")
+        for key in ("min_every", "min_accuracy"):
+            unknown = sorted(set(getattr(self.scheduler, key)) - known)
+            if unknown and self.cameras:
+                raise UserError(f"{where}: scheduler: {key}: {unknown[0]!r} is not a model of any camera")
 
     def override_scheduler(self, where: str, **changes: Any) -> None:
         """Command-line overrides (``--policy``, ``--budget``...), validated like the file's own.

@@ -75,6 +75,7 @@ class RuntimeOptions:
     seed: int = 0
     adapt: bool = True
     min_every: dict[str, int] | None = None  # cascade: model -> run at least every k frames (a floor the user sets)
+    min_accuracy: dict[str, float] | None = None  # cascade: model -> the expected accuracy to keep
 
     @classmethod
     def parse(cls, text: str) -> "RuntimeOptions":
@@ -459,7 +460,8 @@ class RuntimePolicy:
             if st.risk is None:  # links from elsewhere (another worker, a seed): learn the risks from profiling frames
                 st.risk = ChangeRisk(list(st.models))
             st.decider = CascadeDecider(always, cands, max(planning.limit, 1e-6), cap, st.risk,
-                                        floors={m: k for m, k in (self.opts.min_every or {}).items() if m in st.models})
+                                        floors={m: k for m, k in (self.opts.min_every or {}).items() if m in st.models},
+                                        targets={m: a for m, a in (self.opts.min_accuracy or {}).items() if m in st.models})
             if old is not None:
                 st.decider.last, st.decider.tokens = old.last, min(old.tokens, cap)
         st.plans_made += 1

@@ -116,6 +116,27 @@ def test_floors_run_a_model_at_least_every_k_frames_whatever_the_risk() -> None:
     assert {50, 90, 140} <= set(ran["target"])
 
 
+def test_an_accuracy_target_runs_the_model_whenever_its_risk_says_less_bucket_or_not() -> None:
+    """min_accuracy 0.9 for the target: it must run on every change even with an empty bucket
+    (the bucket would refuse it), and never on still frames."""
+    thumbs, ids = scene()
+    cost = {"cheap": 1.0, "target": 10.0}
+    dec = CascadeDecider(("cheap",), ("target",), rate=1.5, capacity=10.5, risk=fitted_risk(thumbs, ids), targets={"target": 0.9})
+    dec.executed(39, thumbs[39], list(cost))
+    dec.tokens = 0.0
+    ran = {}
+    for f in range(40, 200):
+        ran[f] = dec.decide(f, thumbs[f], cost)
+        dec.executed(f, thumbs[f], ran[f])
+    assert [f for f, c in ran.items() if "target" in c] == [50, 90, 140]
+    assert all(ran[f]["target"] == Trigger.TARGET for f in (50, 90, 140))
+    # without the target, the same empty bucket cannot pay for the changes
+    dec2 = CascadeDecider(("cheap",), ("target",), rate=1.5, capacity=10.5, risk=fitted_risk(thumbs, ids))
+    dec2.executed(39, thumbs[39], list(cost))
+    dec2.tokens = 0.0
+    assert "target" not in dec2.decide(50, thumbs[50], cost)
+
+
 def test_decider_refuses_a_bad_bucket() -> None:
     with pytest.raises(ValueError, match="rate and capacity"):
         CascadeDecider((), ("a",), rate=0.0, capacity=1.0, risk=ChangeRisk(["a"]))
@@ -143,12 +164,17 @@ def test_floors_come_from_the_config_and_bad_ones_are_one_line_errors() -> None:
     from stages.policy_runtime import RuntimeOptions
 
     cams = {"door": {"source": "door.mp4", "models": ["mog2_motion", "hog_people"]}}
-    cfg = parse_config({"cameras": cams, "scheduler": {"policy": "cascade", "budget": "20%", "min_every": {"hog_people": 10}}})
-    assert RuntimeOptions.parse(cfg.scheduler.runtime_options()).min_every == {"hog_people": 10}
+    cfg = parse_config({"cameras": cams, "scheduler": {"policy": "cascade", "budget": "20%", "min_every": {"hog_people": 10},
+                                                       "min_accuracy": {"mog2_motion": 0.95}}})
+    opts = RuntimeOptions.parse(cfg.scheduler.runtime_options())
+    assert opts.min_every == {"hog_people": 10} and opts.min_accuracy == {"mog2_motion": 0.95}
     bad = [
         ({"policy": "ours", "budget": "20%", "min_every": {"hog_people": 10}}, "only the cascade policy"),
         ({"policy": "cascade", "budget": "20%", "min_every": {"plate_det": 10}}, "'plate_det' is not a model of any camera"),
         ({"policy": "cascade", "budget": "20%", "min_every": {"hog_people": 0}}, "hog_people: must be at least 1 frame"),
+        ({"policy": "cascade", "budget": "20%", "min_accuracy": {"hog_people": 1.5}}, "hog_people: must be between 0 and 1"),
+        ({"policy": "mlink", "budget": "20%", "min_accuracy": {"hog_people": 0.9}}, "only the cascade policy"),
+        ({"policy": "cascade", "budget": "20%", "min_accuracy": {"yolo_pose": 0.9}}, "'yolo_pose' is not a model of any camera"),
     ]
     for sched, why in bad:
         with pytest.raises(UserError, match=why) as err:

@@ -82,7 +82,7 @@ def test_cold_start_then_budgeted_with_provenance(r: redis.Redis, gif35: Path, p
         assert p["used"] >= 0.0  # measured, per frame, over the governor's window
         if policy == "cascade":  # per-frame decisions: every executed output says why it ran
             for m in p["active"]:
-                assert x["outputs"][m]["trigger"] in ("plan", "floor", "change", "uncertain", "profile"), x["outputs"][m]
+                assert x["outputs"][m]["trigger"] in ("plan", "floor", "target", "change", "uncertain", "profile"), x["outputs"][m]
             if set(p["active"]) != set(MODELS):
                 assert {m for m, rate in p["rates"].items() if rate == 1.0} <= set(p["active"]), p  # the always-run set
                 assert all(x["outputs"][m]["trigger"] != "profile" for m in p["active"])

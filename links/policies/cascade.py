@@ -20,10 +20,11 @@ means less risk), so a handful of samples gives sane answers.
 
 :class:`CascadeDecider` spends a token bucket over the budget's resource: refilled by the
 per-frame budget, holding a few frames' worth, so quiet stretches bank compute for busy
-ones. Per frame it runs the always set, any model whose floor (``min_every``) is due, then
-the other models by risk per unit cost while the bucket allows and the risk clears a
+ones. Per frame it runs the always set, any model whose floor (``min_every``) is due or
+whose risk breaks its accuracy target (``min_accuracy``), then the other models by risk
+per unit cost while the bucket allows and the risk clears a
 threshold that falls as the bucket fills (a full bucket spends on anything; an empty one
-only on near-certain errors). Each choice carries its trigger: ``plan``, ``floor``,
+only on near-certain errors). Each choice carries its trigger: ``plan``, ``floor``, ``target``,
 ``change`` (the scene changed more than usual for that model) or ``uncertain`` (age, or
 no output yet). The runtime still passes the choice through the measured-compute
 governor (:mod:`links.governor`), which holds every window to the cap.
@@ -56,6 +57,7 @@ class Trigger:
     CHANGE = "change"
     UNCERTAIN = "uncertain"
     PROFILE = "profile"
+    TARGET = "target"
 
 
 def _age_bucket(age: int) -> int:
@@ -194,6 +196,7 @@ class CascadeDecider:
     capacity: float  # the bucket holds at most this much
     risk: ChangeRisk
     floors: dict[str, int] = field(default_factory=dict)  # model -> run at least every k frames
+    targets: dict[str, float] = field(default_factory=dict)  # model -> least expected accuracy (run when the risk says less)
     max_threshold: float = 0.5  # the risk a model needs when the bucket is empty
     min_risk: float = 0.02  # below this expected error a run is not worth it, however full the bucket
     tokens: float = field(init=False)
@@ -211,27 +214,33 @@ class CascadeDecider:
 
     def decide(self, frame: int, thumb: np.ndarray, cost: Mapping[str, float]) -> dict[str, str]:
         """The models to run on ``frame``, in priority order, each with its trigger.
-        Spends their estimated cost from the bucket (:meth:`correct` books the measured one)."""
+        Spends their estimated cost from the bucket (:meth:`correct` books the measured one).
+
+        The user's guarantees come first: floors (``min_every``) and accuracy targets (a model
+        whose risk exceeds 1 - its target runs, bucket or not; the governor still caps the
+        measured spend); then the rest is spent for the mean."""
         self.tokens = min(self.capacity, self.tokens + self.rate)
         out: dict[str, str] = {m: Trigger.PLAN for m in self.always}
         for m, k in self.floors.items():
             if m not in out and (m not in self.last or frame - self.last[m][0] >= k):
                 out[m] = Trigger.FLOOR
-        spend = sum(cost[m] for m in out)
-        level = max(self.tokens - spend, 0.0) / self.capacity
-        threshold = max(self.min_risk, self.max_threshold * (1.0 - level))
-        scored = []
+        risks: dict[str, tuple[float, str]] = {}
         for m in self.candidates:
             if m in out:
                 continue
             if m not in self.last:
-                r, why = 1.0, Trigger.UNCERTAIN
+                risks[m] = (1.0, Trigger.UNCERTAIN)
             else:
                 f, th = self.last[m]
                 d = frame_difference(thumb, th)
-                r = self.risk.risk(m, d, frame - f)
-                why = Trigger.CHANGE if d > self.risk.usual_change(m) else Trigger.UNCERTAIN
-            scored.append((r / max(cost[m], 1e-6), r, m, why))
+                risks[m] = (self.risk.risk(m, d, frame - f), Trigger.CHANGE if d > self.risk.usual_change(m) else Trigger.UNCERTAIN)
+        for m, target in self.targets.items():
+            if m in risks and risks[m][0] > 1.0 - target:
+                out[m] = Trigger.TARGET
+        spend = sum(cost[m] for m in out)
+        level = max(self.tokens - spend, 0.0) / self.capacity
+        threshold = max(self.min_risk, self.max_threshold * (1.0 - level))
+        scored = [(r / max(cost[m], 1e-6), r, m, why) for m, (r, why) in risks.items() if m not in out]
         for _, r, m, why in sorted(scored, key=lambda x: (-x[0], -x[1], x[2])):
             if r < threshold:
                 continue
