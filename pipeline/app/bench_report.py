@@ -38,8 +38,12 @@ def format_tables(res: dict[str, Any]) -> str:
     ]
     for p, v in s["at"].items():
         lines.append(f"| {p} | {_f(v['mean']['1/5'])} | {_f(v['mean']['1/3'])} | {_f(v['informative']['1/5'])} | {_f(v['informative']['1/3'])} |")
+    def known(x: Any) -> bool:
+        return x is not None and not (isinstance(x, float) and math.isnan(x))
+
     prior = res.get("prior_accuracy")
-    if prior and inf:
+    closed = [v["prior_error_closed"] for v in s["at"].values() if "prior_error_closed" in v]
+    if prior and inf and any(known(x) for c in closed for x in c.values()):
         base = sum(prior[m] for m in inf) / len(inf)
         lines += ["", f"Informative targets, share of the prior's error closed at equal compute (prior = always the most common "
                   f"reference value, {base:.3f} on them): " + "; ".join(
@@ -48,6 +52,8 @@ def format_tables(res: dict[str, Any]) -> str:
     per = {p: v["per_model"] for p, v in s["at"].items() if "per_model" in v}
     if per:
         for label in ("1/5", "1/3"):
+            if not any(known(per[p][m][label]) for p in per for m in res["models"]):
+                continue  # no policy's runs bracket this share (e.g. one budget)
             lines += ["", f"Per model at {label} of all's compute (interpolated; — = not bracketed):", "",
                       "| model | " + " | ".join(per) + " |", "|---|" + "---|" * len(per)]
             for m in res["models"]:
