@@ -6,6 +6,7 @@ commands must exit cleanly."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -30,10 +31,16 @@ def aof_redis() -> PrivateRedis:
     srv.close()
 
 
-def config(tmp_path: Path, car: Path, person: Path, bicycle: Path) -> tuple[Path, dict[str, int]]:
+# A model that takes MLINK_TEST_SLOW_S per frame (tests/slow_model.py): keeps a backlog of
+# frames in Redis, so a Redis that loses its data is sure to lose some in flight.
+SLOW = {"name": "slow", "adapter": "callable", "target": "slow_model:slow", "kind": "scalar"}
+SLOW_ENV = {"PYTHONPATH": f"{Path(__file__).resolve().parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "MLINK_TEST_SLOW_S": "0.03"}
+
+
+def config(tmp_path: Path, car: Path, person: Path, bicycle: Path, slow: bool = False) -> tuple[Path, dict[str, int]]:
     cams = {"car": str(car), "person": str(person), "bicycle": str(bicycle)}
     cfg = write_config(tmp_path / "chaos.yaml", {
-        "defaults": {"mode": "replay", "fps": 6, "resize": 160, "models": MODELS},
+        "defaults": {"mode": "replay", "fps": 6, "resize": 160, "models": [*MODELS, SLOW] if slow else MODELS},
         "scheduler": {"workers": 2, "batch": 4},
         "cameras": {c: {"source": s} for c, s in cams.items()},
     })
@@ -43,15 +50,15 @@ def config(tmp_path: Path, car: Path, person: Path, bicycle: Path) -> tuple[Path
 class Proc:
     """A console-script process with its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], logdir: Path) -> None:
-        self.name, self.args = name, args
+    def __init__(self, name: str, args: list[str], logdir: Path, env: dict[str, str] | None = None) -> None:
+        self.name, self.args, self.env = name, args, {**os.environ, **(env or {})}
         self.log = logdir / f"{name}.log"
         self.starts = 0
         self.start()
 
     def start(self) -> None:
         with open(self.log, "a") as f:
-            self.p = subprocess.Popen([*mlink_cmd(), *self.args], stdout=f, stderr=subprocess.STDOUT)
+            self.p = subprocess.Popen([*mlink_cmd(), *self.args], stdout=f, stderr=subprocess.STDOUT, env=self.env)
         self.starts += 1
 
     def kill9(self) -> None:
@@ -184,12 +191,14 @@ def test_redis_that_comes_back_empty_is_reported_exactly(tmp_path: Path, car_mp4
     never hangs, and names exactly the frames that lost their records; exit 1, no traceback."""
     srv = PrivateRedis().start()  # --appendonly no: a restart loses everything
     try:
-        cfg, expected = config(tmp_path, car_mp4, person_mp4, trimmed_mp4)
+        cfg, expected = config(tmp_path, car_mp4, person_mp4, trimmed_mp4, slow=True)
         out = tmp_path / "r.jsonl"
-        run = Proc("run", ["run", str(cfg), "--redis", srv.url, "--quiet", "--out", str(out)], tmp_path)
+        run = Proc("run", ["run", str(cfg), "--redis", srv.url, "--quiet", "--out", str(out)], tmp_path, env=SLOW_ENV)
         try:
             r = srv.client()
             wait_for("the first records", lambda: sum(r.xlen(results_key(c)) for c in expected) > 20)
+            # frames waiting for a worker: what a Redis without persistence loses
+            wait_for("a backlog", lambda: sum(r.xlen(frames_key(c)) for c in expected) >= 5)
             srv.kill()
             time.sleep(2)
             srv.start()
