@@ -444,7 +444,8 @@ class RuntimePolicy:
             if st.governor is None:
                 start = dict(amounts)
                 if resolved.resource == "ms":  # one frame alone costs more than its share of a batch
-                    start = {m: max(a, load_single_ms(self.r, [m])[m]) for m, a in amounts.items()}
+                    single = load_single_ms(self.r, st.models)
+                    start = {m: max(a, single[m]) for m, a in amounts.items()}
                 st.governor = Governor(resolved.limit, self.opts.period_frames, start)
             else:
                 st.governor.limit = resolved.limit  # keep the estimates it learned from measurements

@@ -117,9 +117,6 @@ class ChangeRisk:
             return
         self._obs[model].append((float(d), int(age), float(min(max(error, 0.0), 1.0))))
 
-    def observations(self, model: str) -> int:
-        return len(self._obs[model])
-
     def fit(self) -> None:
         """Rebuild every model's fits from its observations."""
         for m in self.models:

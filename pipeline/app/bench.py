@@ -301,13 +301,11 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         at[p] = {key: {label: interpolate_at([(x["compute_share"][0], x[key][0]) for x in mine], share) for label, share in SHARES.items()}
                  for key in ("mean", "informative")}
     for p in list(at):
-        mine = [x for x in result["runs"] if x["policy"] == p and x["valid"]]
-        by_budget: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for x in mine:
-            by_budget[x["budget"]].append(x)
-        pts = {b: (float(np.mean([x["compute_share"] for x in xs])), {m: float(np.mean([x["accuracy"]["per_model"][m] for x in xs]))
-                                                                         for m in result["models"]}) for b, xs in by_budget.items()}
-        at[p]["per_model"] = {m: {label: interpolate_at([(c, acc[m]) for c, acc in pts.values()], share) for label, share in SHARES.items()}
+        # per budget: (mean compute share, mean accuracy per model) over the valid runs
+        pts = [(float(np.mean([x["compute_share"] for x in ok])), {m: float(np.mean([x["accuracy"]["per_model"][m] for x in ok]))
+                                                                   for m in result["models"]})
+               for (pp, _), rs in by.items() if pp == p and (ok := [x for x in rs if x["valid"]])]
+        at[p]["per_model"] = {m: {label: interpolate_at([(c, acc[m]) for c, acc in pts], share) for label, share in SHARES.items()}
                               for m in result["models"]}
         prior = result.get("prior_accuracy")
         inf = [m for m, v in result["informative"].items() if v]
