@@ -74,7 +74,10 @@ def test_kill9_worker_three_times_loses_no_frame(priv: PrivateRedis, person_mp4:
                         kills.append((victim, held))
                     else:
                         os.kill(victim, signal.SIGCONT)  # between batches: try again in a moment
-            if sup.decoders_done() and r.xlen(frames_key(cam)) == 0 and coll.progress[cam].ended:
+            # Done when every frame is recorded AND the supervisor has restarted every killed worker
+            # (a kill near the end can otherwise race the restart's backoff).
+            restarted = sum(c.restarts for c in sup.children if c.name.startswith("worker:"))
+            if sup.decoders_done() and r.xlen(frames_key(cam)) == 0 and coll.progress[cam].ended and restarted >= len(kills):
                 break
             time.sleep(0.02)
         shown += len(coll.poll_records(block_ms=0, count=100_000))
