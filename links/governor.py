@@ -2,19 +2,27 @@
 
 A plan made on start-up costs is a forecast; models cost what they cost on this
 machine today (a loaded core, a bigger frame). The governor keeps the promise that
-benchmarks and users rely on: over every window of ``window`` consecutive frames the
-measured spend is at most ``limit * window`` (plus the estimation error of the frames
-booked but not yet measured; the headroom it admits with grows with the estimation error
-it observes, so a loaded machine does not break the cap).
+benchmarks and users rely on: over every window of ``window`` consecutive frames (by
+frame number) the measured spend is at most ``limit * window`` (plus the estimation error
+of the frames booked but not yet measured; the headroom it admits with grows with the
+estimation error it observes, so a loaded machine does not break the cap).
 
 Per frame: :meth:`Governor.admit` takes the models a policy wants, in priority order,
-and keeps those that fit in the room the window has left, using a running estimate of
-each model's cost; after the frame, :meth:`Governor.charge` books what the executed
-models measurably cost and updates the estimates (an exponential moving average that
-follows rises faster than falls: a cap should err high), so the next decisions use the
-machine's real costs. Start it from what a model costs on one frame alone: a budgeted
-worker runs most models on one or two frames of a batch, where the per-call overhead is
-not shared, so the batched cost the budget is expressed in would be an underestimate.
+and keeps those that fit in the room every window containing the frame has left, using a
+running estimate of each model's cost; after the frame, :meth:`Governor.charge` books
+what the executed models measurably cost and updates the estimates (an exponential
+moving average that follows rises faster than falls: a cap should err high), so the next
+decisions use the machine's real costs. Start it from what a model costs on one frame
+alone: a budgeted worker runs most models on one or two frames of a batch, where the
+per-call overhead is not shared, so the batched cost the budget is expressed in would be
+an underestimate.
+
+The per-frame spend lives in a :class:`SpendLedger`. :class:`LocalLedger` keeps it in
+memory (one worker); a ledger in Redis (``stages.shared_state``) makes it one window
+per camera for every worker, so two workers serving one camera share one cap instead of
+each spending a full one. Frames may be booked out of order (workers read batches
+concurrently, a reclaimed frame arrives late): a frame is admitted against every window
+that contains it, not only the one it ends.
 
 Quiet stretches bank room for busy ones inside the window; nothing is banked beyond it.
 Pure: numbers in, decisions out; no clock, no I/O.
@@ -24,17 +32,68 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
-__all__ = ["Governor"]
+__all__ = ["Governor", "LocalLedger", "SpendLedger", "window_room"]
 
 
-class _Frame:
-    __slots__ = ("spend", "estimate", "final")
+def window_room(spend: Mapping[int, float], frame: int, window: int, cap: float) -> float:
+    """What ``frame`` may spend so that every window of ``window`` frames containing it stays
+    within ``cap``, given the other frames' spend (``frame``'s own entry, if any, is replaced)."""
+    s = {g - frame: v for g, v in spend.items() if g != frame and -window < g - frame < window}
+    total = sum(s.get(d, 0.0) for d in range(-window + 1, 1))  # the window ending at frame
+    worst = total
+    for j in range(1, window):  # the windows ending after it, which later frames may already fill
+        total += s.get(j, 0.0) - s.get(j - window, 0.0)
+        worst = max(worst, total)
+    return cap - worst
 
-    def __init__(self, spend: float, estimate: float) -> None:
-        # Until measured, ``spend`` is the estimate with headroom (what the window must hold room for).
-        self.spend, self.estimate, self.final = spend, estimate, False
+
+def choose(costs: Sequence[float], room: float, all_or_none: bool) -> list[bool]:
+    """Which of ``costs`` (in priority order) fit ``room``: greedily, skipping those that do not;
+    with ``all_or_none``, all of them or none."""
+    if all_or_none:
+        fits = sum(costs) <= room
+        return [fits] * len(costs)
+    out = []
+    for c in costs:
+        ok = c <= room
+        out.append(ok)
+        if ok:
+            room -= c
+    return out
+
+
+class SpendLedger(Protocol):
+    """Where one camera's per-frame spend lives (booked estimates until measured)."""
+
+    def book(self, frame: int, costs: Sequence[float], window: int, cap: float, all_or_none: bool) -> tuple[list[bool], float, int]:
+        """Atomically: choose the costs that fit (:func:`window_room`, :func:`choose`) and record
+        their sum as ``frame``'s spend. Returns the mask, and the spend and number of booked
+        frames in the window ending at ``frame``, this one included."""
+        ...
+
+    def settle(self, frame: int, spent: float) -> None:
+        """Replace ``frame``'s booked spend by its measured one."""
+        ...
+
+
+class LocalLedger:
+    """A :class:`SpendLedger` in memory: frame -> spend, the last two windows kept."""
+
+    def __init__(self) -> None:
+        self.spend: dict[int, float] = {}
+
+    def book(self, frame: int, costs: Sequence[float], window: int, cap: float, all_or_none: bool) -> tuple[list[bool], float, int]:
+        mask = choose(costs, window_room(self.spend, frame, window, cap), all_or_none)
+        self.spend[frame] = float(sum(c for c, ok in zip(costs, mask) if ok))
+        for g in [g for g in self.spend if g <= frame - 2 * window]:
+            del self.spend[g]
+        inside = [v for g, v in self.spend.items() if frame - window < g <= frame]
+        return mask, sum(inside), len(inside)
+
+    def settle(self, frame: int, spent: float) -> None:
+        self.spend[frame] = float(spent)
 
 
 @dataclass
@@ -46,8 +105,12 @@ class Governor:
     alpha_up: float = 0.6  # ...and above it: costs that rise are believed fast, falls slowly (a cap errs high)
     margin: float = 0.05  # least headroom: admit a model only if its estimate x (1 + margin) fits
     max_margin: float = 1.0  # most headroom the learned estimation error may ask for
-    _frames: deque[_Frame] = field(init=False, repr=False)
+    early_margin: float = 0.25  # headroom until 8 frames have been measured against their booking
+    ledger: SpendLedger = field(default_factory=LocalLedger)
+    _pending: dict[int, tuple[float, float]] = field(init=False, repr=False)  # frame -> (estimate, booked with headroom), until charged
     _errors: deque[float] = field(init=False, repr=False)  # measured / booked spend of recent frames
+    _next: int = field(init=False, repr=False, default=0)  # frame number when callers give none
+    _last: tuple[int, float, int] = field(init=False, repr=False, default=(-1, 0.0, 0))  # last admitted frame, its window's spend, frames
 
     def __post_init__(self) -> None:
         if not self.limit > 0:
@@ -60,9 +123,8 @@ class Governor:
         if bad:
             raise ValueError(f"governor: negative or unknown cost for {bad}")
         self.estimate = dict(self.estimate)
-        # The last window-1 frames: measured spend, or the estimate of frames admitted but not charged yet
-        # (a worker decides a whole batch before it runs any model).
-        self._frames = deque(maxlen=self.window - 1)
+        # Frames admitted but not charged yet (a worker decides a whole batch before it runs any model).
+        self._pending = {}
         self._errors = deque(maxlen=64)
 
     def headroom(self) -> float:
@@ -70,45 +132,51 @@ class Governor:
         booked (the 90th percentile of measured / booked over the last 64 frames, minus 1): on a
         loaded machine the estimates run behind, and the cap must hold anyway."""
         if len(self._errors) < 8:
-            return self.margin
+            # Too few measured frames to know the error: assume a loaded machine (a budget small
+            # enough that only the profiling frames run learns slowest, and each of its frames is
+            # a large share of the window), or the worst error seen so far if larger.
+            worst = max(self._errors, default=1.0) - 1.0
+            return min(self.max_margin, max(self.margin, self.early_margin, worst))
         q = sorted(self._errors)[int(0.9 * (len(self._errors) - 1))]
         return min(self.max_margin, max(self.margin, q - 1.0))
 
-    def room(self) -> float:
-        """What the next frame may spend so that the window ending with it stays within the cap."""
-        return self.limit * self.window - sum(f.spend for f in self._frames)
+    def room(self, frame: int | None = None) -> float:
+        """What ``frame`` (default: the next) may spend so that every window containing it stays within the cap."""
+        spend = getattr(self.ledger, "spend", None)
+        if spend is None:
+            raise TypeError("governor: room() needs an in-memory ledger")
+        return window_room(spend, self._next if frame is None else frame, self.window, self.limit * self.window)
 
-    def admit(self, wanted: Iterable[str]) -> list[str]:
+    def admit(self, wanted: Iterable[str], frame: int | None = None) -> list[str]:
         """The models of ``wanted`` (in priority order) that fit the room, skipping those that do not.
 
         Books their estimated cost for this frame until :meth:`charge` books the measured one.
         """
-        room = self.room()
-        k = 1 + self.headroom()
-        out = []
-        for m in wanted:
-            c = self.estimate[m] * k
-            if c <= room:
-                out.append(m)
-                room -= c
-        self._book(sum(self.estimate[m] for m in out), k)
-        return out
+        wanted = list(wanted)
+        mask = self._book(frame, wanted, all_or_none=False)
+        return [m for m, ok in zip(wanted, mask) if ok]
 
-    def admit_all_or_none(self, models: Sequence[str]) -> bool:
+    def admit_all_or_none(self, models: Sequence[str], frame: int | None = None) -> bool:
         """All of ``models`` together (a profiling frame), or nothing booked. True when admitted."""
+        return all(self._book(frame, list(models), all_or_none=True)) if models else True
+
+    def _book(self, frame: int | None, models: list[str], all_or_none: bool) -> list[bool]:
+        f = self._next if frame is None else int(frame)
+        self._next = max(self._next, f + 1)
         k = 1 + self.headroom()
-        if sum(self.estimate[m] for m in models) * k > self.room():
-            return False
-        self._book(sum(self.estimate[m] for m in models), k)
-        return True
+        costs = [self.estimate[m] * k for m in models]
+        mask, window_spend, n = self.ledger.book(f, costs, self.window, self.limit * self.window, all_or_none)
+        est = sum(self.estimate[m] for m, ok in zip(models, mask) if ok)
+        self._pending[f] = (est, est * k)
+        if len(self._pending) > 4 * self.window:  # decided but never charged (a failed write): forget the oldest
+            self._pending.pop(next(iter(self._pending)))
+        if f >= self._last[0]:
+            self._last = (f, window_spend, n)
+        return mask
 
-    def _book(self, estimate: float, k: float) -> None:
-        if self._frames.maxlen:
-            self._frames.append(_Frame(estimate * k, estimate))
-
-    def charge(self, measured: Mapping[str, float]) -> float:
-        """Book the measured cost of the models executed on the oldest admitted frame not yet
-        charged (frames are charged in the order they were admitted). Returns the frame's spend."""
+    def charge(self, measured: Mapping[str, float], frame: int | None = None) -> float:
+        """Book the measured cost of the models executed on ``frame`` (default: the oldest admitted
+        frame not yet charged) and learn from it. Returns the frame's spend."""
         spent = 0.0
         for m, c in measured.items():
             if c < 0:
@@ -117,14 +185,21 @@ class Governor:
             old = self.estimate.get(m)
             a = self.alpha_up if old is None or c > old else self.alpha
             self.estimate[m] = c if old is None else (1 - a) * old + a * c
-        pending = next((f for f in self._frames if not f.final), None)
-        if pending is not None:
-            if pending.estimate > 0:
-                self._errors.append(spent / pending.estimate)
-            pending.spend, pending.final = spent, True
+        if frame is None:
+            frame = next(iter(self._pending), None)
+        if frame is not None:
+            booked = self._pending.pop(frame, None)
+            if booked is not None:
+                if booked[0] > 0:
+                    self._errors.append(spent / booked[0])
+                last, total, n = self._last
+                if last - self.window < frame <= last:
+                    self._last = (last, total - booked[1] + spent, n)
+            self.ledger.settle(frame, spent)
         return spent
 
     def used(self) -> float:
-        """Spend per frame over the current window, measured where known (what records report as ``used``)."""
-        n = len(self._frames)
-        return sum(f.spend for f in self._frames) / n if n else 0.0
+        """Spend per frame over the window ending at the last admitted frame, measured where known
+        (what records report as ``used``)."""
+        _, total, n = self._last
+        return total / n if n else 0.0

@@ -21,6 +21,11 @@ key                    type    what it holds (writer)
                                and that frame (``model@``): the temporal context budgeted
                                policies fill from, shared by every worker; one entry per
                                model, written in the record's own script (worker)
+``spend:{cam}``        hash    frame -> compute booked (until measured) or measured: the
+                               governor's window, one cap per camera for all its workers;
+                               the last two windows kept (worker)
+``coldstart:{cam}``    hash    the cold start's aligned samples shared by the workers: ``n``
+                               (added in all) and a ring ``s1``.. of the newest (worker)
 =====================  ======  ==============================================================
 """
 
@@ -41,7 +46,7 @@ def valid_camera_name(name: str) -> bool:
     return bool(_CAMERA_NAME.match(name)) and name not in (".", "..")
 
 
-_PER_CAMERA = ("camera", "frames", "results", "status", "links", "metrics", "preview", "held")
+_PER_CAMERA = ("camera", "frames", "results", "status", "links", "metrics", "preview", "held", "spend", "coldstart")
 _KEY_RE = re.compile(r"^(?P<kind>[a-z]+):\{(?P<cam>[^{}]+)\}$")
 
 
@@ -96,3 +101,13 @@ def camera_of(key: str | bytes) -> str:
     if m is None or m.group("kind") not in _PER_CAMERA:
         raise ValueError(f"not a per-camera mlink key: {k!r}")
     return m.group("cam")
+
+
+def spend_key(cam: str) -> str:
+    """The compute governor's per-frame spend of a camera, shared by its workers: bounded by two windows."""
+    return _key("spend", cam)
+
+
+def coldstart_key(cam: str) -> str:
+    """The camera's cold-start samples, shared by its workers: bounded by the cold start's length."""
+    return _key("coldstart", cam)

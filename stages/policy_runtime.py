@@ -38,7 +38,7 @@ import numpy as np
 import redis
 
 from links.budget import ModelCost, ResolvedBudget, parse_budget
-from links.governor import Governor
+from links.governor import Governor, LocalLedger
 from links.linkset import LinkSet
 from links.metrics import model_accuracy
 from links.outputs import ModelOutput, Origin, output_from_bytes, output_to_bytes
@@ -62,6 +62,7 @@ from pipeline.errors import UserError
 from pipeline.keys import COSTS_KEY, held_key, links_key
 from pipeline.streams import FrameMsg
 from stages.frame_policy import AllPolicy, Filled, FramePolicy
+from stages.shared_state import ColdStartSamples, RedisLedger
 
 
 @dataclass
@@ -179,7 +180,7 @@ class RuntimePolicy:
         gov = st.governor
         if frame.frame in st.prof_frames:
             # A profiling frame runs every model: when the window has room for all of them.
-            if gov is None or gov.admit_all_or_none(models):
+            if gov is None or gov.admit_all_or_none(models, frame=frame.frame):
                 if st.gate is not None:
                     st.gate.step(st.diffs[-1])  # keep the gate's accumulators in step
                 if st.decider is not None:
@@ -190,7 +191,7 @@ class RuntimePolicy:
         if st.decider is not None and gov is not None:
             # Cascade: the decider's choice (in priority order), then the cap on measured compute.
             choice = st.decider.decide(frame.frame, st.thumbs[frame.frame], gov.estimate)
-            run = gov.admit(list(choice))
+            run = gov.admit(list(choice), frame=frame.frame)
             booked = sum(gov.estimate[m] for m in choice)
             admitted = sum(gov.estimate[m] for m in run)
             st.decider.tokens += booked - admitted  # refused by the cap: not spent
@@ -205,7 +206,7 @@ class RuntimePolicy:
             return set(wanted)
         # Models the plan runs most often first, then the cheaper: what the cap cuts first is the rarest, dearest.
         order = sorted(wanted, key=lambda m: (-st.plan.rates.get(m, 0.0), gov.estimate[m]))
-        run = gov.admit(order)
+        run = gov.admit(order, frame=frame.frame)
         if st.gate is not None and len(run) < len(wanted):
             st.gate.postpone([m for m in wanted if m not in run])
         return set(run)
@@ -214,17 +215,39 @@ class RuntimePolicy:
         st = self.cams[camera]
         spent = None
         if st.governor is not None and st.decided.get(frame.frame) is Phase.BUDGETED:
-            spent = st.governor.charge({m: self._amount(m, ms) for m in executed})
+            spent = st.governor.charge({m: self._amount(m, ms) for m in executed}, frame=frame.frame)
         if self.name == "cascade":
             self._observe_cascade(st, frame.frame, executed, spent)
         for m, out in executed.items():
             st.last[m] = (out, frame.frame)
         if len(executed) == len(st.models) and st.models:
+            if st.phase is Phase.COLD_START and self.r is not None:
+                self._add_cold_sample(camera, st, frame, executed)
+                return
             if st.samples is None:
                 st.samples = self._new_samples(st.models)
             st.samples.append(camera, frame.frame, frame.pts, executed)
             if st.phase is Phase.COLD_START and len(st.samples) >= self.opts.cold_start_frames:
                 self._train_and_plan(camera, st, frame.frame)
+
+    def _add_cold_sample(self, camera: str, st: CamState, frame: FrameMsg, executed: dict[str, ModelOutput]) -> None:
+        """One cold-start frame into the camera's shared samples; the worker that adds the
+        ``cold_start_frames``-th trains the links from all of them (and, should links still not
+        have appeared after as many more, e.g. that worker died while training, the next to
+        reach a multiple trains again)."""
+        one = self._new_samples(st.models)
+        one.append(camera, frame.frame, frame.pts, executed)
+        n_cold = self.opts.cold_start_frames
+        cold = ColdStartSamples(self.r, camera, n_cold)
+        n = cold.add(one, st.thumbs.get(frame.frame) if self.name == "cascade" else None)
+        if n < n_cold or n % n_cold:
+            return
+        loaded = cold.load(st.models)
+        if loaded is None or len(loaded[0]) < 2:
+            return
+        st.samples, thumbs = loaded
+        st.thumbs.update(thumbs)
+        self._train_and_plan(camera, st, frame.frame)
 
     def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]:
         st = self.cams[camera]
@@ -440,15 +463,7 @@ class RuntimePolicy:
             # with what they leave (the governor then holds the measured spend to the full limit).
             reserve = self.opts.profile_fraction * resolved.used(st.models, costs)
             planning = ResolvedBudget(resolved.resource, max(resolved.limit - reserve, 0.0), text=resolved.text)
-            amounts = {m: resolved.amount(costs[m]) for m in st.models}
-            if st.governor is None:
-                start = dict(amounts)
-                if resolved.resource == "ms":  # one frame alone costs more than its share of a batch
-                    single = load_single_ms(self.r, st.models)
-                    start = {m: max(a, single[m]) for m, a in amounts.items()}
-                st.governor = Governor(resolved.limit, self.opts.period_frames, start)
-            else:
-                st.governor.limit = resolved.limit  # keep the estimates it learned from measurements
+            self._arm_governor(camera, st, resolved, costs)
         inp = PlanInputs(st.models, costs, planning, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
         st.plan = self.planner.plan(inp)
         if st.calibration:
@@ -468,6 +483,27 @@ class RuntimePolicy:
         st.plans_made += 1
         st.reselector = Reselector(self.opts.period_frames, origin=frame_index + 1)
         st.gate = ReductoGate(st.plan.thresholds) if st.plan.fill == "reducto" else None
+
+    def _arm_governor(self, camera: str, st: CamState, resolved: ResolvedBudget | None = None,
+                      costs: dict[str, ModelCost] | None = None) -> None:
+        """The cap on measured spending, for budgets whose spend depends on how often models run.
+        Its window is the camera's (in Redis when there is one): shared by all its workers."""
+        assert self.budget is not None
+        if costs is None:
+            costs = self._costs(st)
+        if resolved is None:
+            resolved = self.budget.resolve(costs)
+        if not resolved.rate_sensitive:
+            return
+        if st.governor is not None:
+            st.governor.limit = resolved.limit  # keep the estimates it learned from measurements
+            return
+        start = {m: resolved.amount(costs[m]) for m in st.models}
+        if resolved.resource == "ms":  # one frame alone costs more than its share of a batch
+            single = load_single_ms(self.r, st.models)
+            start = {m: max(a, single[m]) for m, a in start.items()}
+        ledger = RedisLedger(self.r, camera) if self.r is not None else LocalLedger()
+        st.governor = Governor(resolved.limit, self.opts.period_frames, start, ledger=ledger)
 
     def _new_period(self, camera: str, st: CamState, frame_index: int) -> None:
         assert st.reselector is not None
@@ -502,7 +538,8 @@ class RuntimePolicy:
         version = int(self.r.hincrby(links_key(camera), "version", 1))
         st.link_version = version
         self.r.hset(links_key(camera), mapping={"blob": st.linkset.to_bytes(), "plan": json.dumps(st.plan.to_dict() if st.plan else None),
-                                                "policy": self.name, "budget": self.opts.budget or "", "time": time.time()})
+                                                "policy": self.name, "budget": self.opts.budget or "", "time": time.time(),
+                                                "origin": st.reselector.origin if st.reselector is not None else 0})
 
     def _maybe_load_shared(self, camera: str, st: CamState, frame_index: int) -> None:
         """Links (and plan) trained by another worker or an earlier session, or seeded by ``mlink bench``.
@@ -528,12 +565,31 @@ class RuntimePolicy:
             self._plan(camera, st, samples, -1, reducto_clip=samples)
             st.phase = Phase.BUDGETED
             return
+        cold = ColdStartSamples(self.r, camera, self.opts.cold_start_frames).load(st.models)
+        origin = self.r.hget(links_key(camera), "origin")
+        if cold is not None and len(cold[0]) >= 2:
+            # The camera's cold-start samples (another worker's training set): plan from them here,
+            # as that worker did, so this worker's governor, risk model and period grid match its.
+            samples, thumbs = cold
+            st.thumbs.update(thumbs)
+            if self.name == "cascade":
+                st.risk = self._fit_risk(st, samples)
+            cut = max(2, int(len(samples) * 0.75))
+            val = samples.subset(np.arange(cut, len(samples)))
+            self._plan(camera, st, val if len(val) else samples, frame_index, reducto_clip=samples)
+            if origin is not None and st.reselector is not None:
+                st.reselector = Reselector(self.opts.period_frames, origin=int(origin))
+            st.samples = None
+            st.phase = Phase.BUDGETED
+            return
         plan = json.loads(plan_raw) if plan_raw else None
         same = policy is not None and policy.decode() == self.name and (budget or b"").decode() == (self.opts.budget or "")
-        if plan and same and set(plan.get("rates", {})) == set(st.models):
+        # Cascade decides from a risk model fitted on the samples: without them, cold-start anew.
+        if plan and same and set(plan.get("rates", {})) == set(st.models) and self.name != "cascade":
             st.plan = Plan.from_dict(plan)
-            st.reselector = Reselector(self.opts.period_frames, origin=frame_index)
+            st.reselector = Reselector(self.opts.period_frames, origin=int(origin) if origin is not None else frame_index)
             st.gate = ReductoGate(st.plan.thresholds) if st.plan.fill == "reducto" else None
+            self._arm_governor(camera, st)
             st.samples = None
             st.phase = Phase.BUDGETED
 
