@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-lag", type=float, default=2.0)
     ap.add_argument("--out", type=Path, default=Path("soak"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results-max-len", type=int, default=2000,
+                    help="retention of results:{cam} (records); small so that it fills within the soak and memory must plateau")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(a.seed)
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     cams = {f"cam{i}": str(REPO / "tests" / "data" / CLIPS[i % len(CLIPS)]) for i in range(a.cameras)}
     cfg = work / "soak.yaml"
     cfg.write_text(yaml.safe_dump({"defaults": {"mode": "live", "loop": True, "fps": a.fps, "resize": 320, "max_lag_s": a.max_lag,
+                                                "results_max_len": a.results_max_len,
                                                 "models": ["mog2_motion", "scene_light", "edge_density", "haar_full_body"]},
                                    "scheduler": {"batch": 4}, "cameras": {c: {"source": s} for c, s in cams.items()}}))
     stages = [Stage(f"worker{i}", ["worker", "--redis", srv.url, "--claim-idle-ms", "3000"], a.out) for i in range(2)]
@@ -211,6 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         warm = next((x for x in samples if x["t"] >= min(60.0, a.duration / 2)), samples[0])
         print(f"after warm-up ({warm['t']:.0f} s) -> end: redis memory {warm['redis_mb']:.1f} -> {samples[-1]['redis_mb']:.1f} MB; "
               f"stage RSS {warm['rss_mb']:.0f} -> {samples[-1]['rss_mb']:.0f} MB (max {max(x['rss_mb'] for x in samples):.0f})")
+        # Once every camera's retention is full (results_max_len records at the camera's rate, x1.5
+        # for the approximate trim), Redis memory must stop growing: the slope over the rest says so.
+        full = min(1.5 * a.results_max_len / a.fps, a.duration / 2)
+        late = [x for x in samples if x["t"] >= full]
+        if len(late) >= 3:
+            t = np.array([x["t"] for x in late]) / 3600
+            for k in ("redis_mb", "rss_mb"):
+                y = np.array([x[k] for x in late])
+                slope = float(np.polyfit(t, y, 1)[0])
+                result.setdefault("plateau", {})[k] = {"from_s": full, "min": float(y.min()), "max": float(y.max()), "slope_mb_per_h": slope}
+            pl = result["plateau"]
+            print(f"from {full:.0f} s (retention full) to the end: redis memory {pl['redis_mb']['min']:.1f}-{pl['redis_mb']['max']:.1f} MB, "
+                  f"trend {pl['redis_mb']['slope_mb_per_h']:+.1f} MB/h; stage RSS {pl['rss_mb']['min']:.0f}-{pl['rss_mb']['max']:.0f} MB, "
+                  f"trend {pl['rss_mb']['slope_mb_per_h']:+.0f} MB/h")
+            (a.out / "soak.json").write_text(json.dumps(result, indent=1))
         plot(result, a.out / "soak.png")
     return 0 if all(x["unaccounted"] == 0 for x in acct.values()) else 1
 
