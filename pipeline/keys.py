@@ -20,7 +20,10 @@ key                    type    what it holds (writer)
 ``held:{cam}``         hash    per model, its newest executed output (``model``, lossless bytes)
                                and that frame (``model@``): the temporal context budgeted
                                policies fill from, shared by every worker; one entry per
-                               model, written in the record's own script (worker)
+                               model, written in the record's own script (worker); under
+                               ``cascade`` also the 8-bit thumbnail of the frame each model
+                               last ran on (``model#``, ``model#@``), so every worker's
+                               decider knows what the others ran
 ``spend:{cam}``        hash    frame -> compute booked (until measured) or measured: the
                                governor's window, one cap per camera for all its workers;
                                the last two windows kept (worker)

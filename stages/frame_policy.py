@@ -47,8 +47,10 @@ class FramePolicy(Protocol):
         """Sees every executed output and its measured ms (profiling samples, held values, adaptation, the budget cap)."""
         ...
 
-    def begin_batch(self, cameras: set[str]) -> None:
-        """Called before a batch's decisions: a policy reads what other workers shared (held outputs)."""
+    def adopt_shared(self, cameras: set[str]) -> None:
+        """Called before a batch's decisions and again before its outputs are filled (the other
+        workers' batches may have finished while this one's models ran): a policy reads what
+        other workers shared (held outputs)."""
         ...
 
     def held_to_share(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> dict[str, bytes]:
@@ -77,7 +79,7 @@ class AllPolicy:
     def bind(self, metas: dict[str, ModelMeta]) -> None:
         pass
 
-    def begin_batch(self, cameras: set[str]) -> None:
+    def adopt_shared(self, cameras: set[str]) -> None:
         pass
 
     def held_to_share(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> dict[str, bytes]:

@@ -3,8 +3,10 @@
 This adapts the pure planners of :mod:`links.policies` to the scheduler's
 per-frame :class:`stages.scheduler.FramePolicy` protocol. Per camera:
 
-1. Cold start: every model runs on every frame until ``cold_start_frames``
-   aligned samples exist (these frames are the profiling sample).
+1. Cold start: every model runs on every frame until the CAMERA has
+   ``cold_start_frames`` aligned samples (``coldstart:{cam}``, added by whichever worker
+   ran the frame; the worker that adds the last one trains, the others plan from the same
+   samples when they find the links).
 2. Links are trained on them (first 75%; the last 25% score the links and feed
    the planner's accuracy estimates, then the links are fine-tuned on them too),
    stored in Redis (``links:{cam}``, versioned) so every worker on every host
@@ -22,7 +24,9 @@ Held outputs (temporal context: each model's newest executed output and its fram
 are shared by every worker of a camera through ``held:{cam}``: a worker publishes its
 executed outputs in the frame's record script and reads the others' before each batch,
 so two workers on one camera fill from the same context as one. Only outputs of
-earlier frames are used (a worker ahead of this one has newer ones).
+earlier frames are used (a worker ahead of this one has newer ones). The compute
+governor's window is the camera's too (``spend:{cam}``, :mod:`stages.shared_state`): one
+cap per camera, whichever worker runs which frame.
 """
 
 from __future__ import annotations
@@ -268,8 +272,8 @@ class RuntimePolicy:
                 out[m] = Filled(Origin.MISSING, None)
         return out
 
-    def begin_batch(self, cameras: set[str]) -> None:
-        """Adopt the held outputs other workers published since the last batch (one round trip
+    def adopt_shared(self, cameras: set[str]) -> None:
+        """Adopt the held outputs other workers published since the last call (one round trip
         for the frame numbers; the outputs themselves only where they are newer than ours)."""
         if self.r is None:
             return
@@ -293,22 +297,33 @@ class RuntimePolicy:
             return
         pipe = self.r.pipeline(transaction=False)
         for c, items in newer.items():
-            pipe.hmget(held_key(c), [m for m, _ in items])
+            # cascade: with each output, the thumbnail of the frame it ran on (field "model#")
+            pipe.hmget(held_key(c), [k for m, _ in items for k in (m, f"{m}#", f"{m}#@")])
         for (c, items), blobs in zip(newer.items(), pipe.execute()):
             st = self.cams[c]
-            for (m, f), blob in zip(items, blobs):
+            for (m, f), (blob, thumb, thumb_frame) in zip(items, zip(blobs[0::3], blobs[1::3], blobs[2::3])):
                 if blob is None or m not in self.metas:
                     continue
                 try:
                     st.shared[m] = (output_from_bytes(blob, self.metas[m].classes), f)
                 except ValueError:
                     continue  # not ours to trust: fill from this worker's own outputs
+                if st.decider is not None and thumb is not None and thumb_frame is not None and int(thumb_frame) == f:
+                    t = _thumb_from_bytes(thumb)
+                    if t is not None:  # the decider knows the model ran there: no second run for the same change
+                        st.decider.executed(f, t, [m])
 
     def held_to_share(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput]) -> dict[str, bytes]:
         st = self.cams.get(camera)
         if st is None or self.r is None:
             return {}
-        return {m: output_to_bytes(o) for m, o in executed.items()}
+        out = {m: output_to_bytes(o) for m, o in executed.items()}
+        if st.decider is not None:
+            for m in executed:
+                ran = st.exec_thumbs.get(m)
+                if ran is not None and ran[0] == frame.frame:
+                    out[f"{m}#"] = _thumb_to_bytes(ran[1])
+        return out
 
     def describe(self, camera: str, frame: FrameMsg) -> dict[str, Any]:
         st = self.cams.get(camera)
@@ -574,6 +589,7 @@ class RuntimePolicy:
             st.thumbs.update(thumbs)
             if self.name == "cascade":
                 st.risk = self._fit_risk(st, samples)
+                st.thumbs = {f: t for f, t in st.thumbs.items() if f >= frame_index}  # this frame's and the batch's still to come
             cut = max(2, int(len(samples) * 0.75))
             val = samples.subset(np.arange(cut, len(samples)))
             self._plan(camera, st, val if len(val) else samples, frame_index, reducto_clip=samples)
@@ -592,6 +608,21 @@ class RuntimePolicy:
             self._arm_governor(camera, st)
             st.samples = None
             st.phase = Phase.BUDGETED
+
+
+_THUMB_SHAPE = (36, 64)  # links.policies.thumbnail's default
+
+
+def _thumb_to_bytes(t: np.ndarray) -> bytes:
+    """A thumbnail for ``held:{cam}``: 8-bit grey, 2.3 kB (the change signal needs no more)."""
+    return np.clip(np.rint(np.asarray(t, np.float32) * 255), 0, 255).astype(np.uint8).tobytes()
+
+
+def _thumb_from_bytes(b: bytes) -> np.ndarray | None:
+    """Raw bytes of the expected size, or None (never anything but an array of numbers)."""
+    if len(b) != _THUMB_SHAPE[0] * _THUMB_SHAPE[1]:
+        return None
+    return np.frombuffer(b, np.uint8).reshape(_THUMB_SHAPE).astype(np.float32) / 255.0
 
 
 def _held(st: CamState, model: str, frame: int) -> tuple[ModelOutput, int] | None:

@@ -404,7 +404,7 @@ class Worker:
             frames.append((key, eid, msg))
 
         # Which models run on which frame, then one batched call per model.
-        self.policy.begin_batch({msg.camera for _, _, msg in frames})
+        self.policy.adopt_shared({msg.camera for _, _, msg in frames})
         jobs: dict[str, list[int]] = defaultdict(list)
         bad: set[int] = set()
         for i, (key, eid, msg) in enumerate(frames):
@@ -452,6 +452,9 @@ class Worker:
                 outputs[i][m] = o
                 per_frame_ms[i][m] = share
 
+        # Another worker's batch of earlier frames may have been written while these models ran:
+        # fill from its outputs too (two workers on one camera then hold values as fresh as one).
+        self.policy.adopt_shared({msg.camera for _, _, msg in frames if msg.camera in self.cameras})
         built = []
         for i, (key, eid, msg) in enumerate(frames):
             cs = self.cameras.get(msg.camera)

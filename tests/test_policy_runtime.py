@@ -14,6 +14,7 @@ import pytest
 import redis
 from conftest import run_mlink
 
+from links.policies import CascadeDecider
 from links.samples import AlignedSamples
 from pipeline.config import parse_config
 from pipeline.costs import store_costs
@@ -289,7 +290,8 @@ def test_two_workers_on_one_camera_fill_from_each_others_outputs(r: redis.Redis,
 
 
 @pytest.mark.parametrize("policy", ["ours", "cascade"])
-def test_two_workers_on_one_camera_cold_start_once_and_share_one_cap(r: redis.Redis, gif35: Path, policy: str) -> None:
+def test_two_workers_on_one_camera_cold_start_once_and_share_one_cap(r: redis.Redis, gif35: Path, policy: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers taking turns on one camera spend as one: the cold start ends after
     ``cold_start_frames`` frames of the CAMERA (the worker that adds the last sample trains, the
     other plans from the same samples in ``coldstart:{cam}``), both are armed with the compute
@@ -297,6 +299,14 @@ def test_two_workers_on_one_camera_cold_start_once_and_share_one_cap(r: redis.Re
     (each with its own window, both bank room on the other's frames)."""
     n = _decode(r, "cam", gif35)
     store_costs(r, COSTS)
+    told_by_decider: dict[int, list[int]] = {}
+    executed = CascadeDecider.executed
+
+    def record(self: CascadeDecider, frame: int, thumb: Any, models: Any) -> None:
+        told_by_decider.setdefault(id(self), []).append(frame)
+        executed(self, frame, thumb, models)
+
+    monkeypatch.setattr(CascadeDecider, "executed", record)
     period = 8
     opts = dict(name=policy, budget="40%", epochs=8, cold_start_frames=6, period_frames=period, profile_fraction=0.125)
     pols = [RuntimePolicy(RuntimeOptions(**opts), r) for _ in range(2)]
@@ -313,8 +323,62 @@ def test_two_workers_on_one_camera_cold_start_once_and_share_one_cap(r: redis.Re
     assert all(p.cams["cam"].governor is not None for p in pols)
     if policy == "cascade":
         assert all(p.cams["cam"].decider is not None and p.cams["cam"].risk is not None for p in pols)
+        # Each decider knows what the OTHER worker ran (from the thumbnails in held:{cam}), so
+        # neither re-runs a model for a change the other already covered.
+        by_frame = {x["frame"]: x for x in recs}
+        for i, p in enumerate(pols):
+            told = told_by_decider.get(id(p.cams["cam"].decider), [])  # the current decider (this period's)
+            assert any(by_frame[f]["worker"] != f"w{i}" for f in told), (i, told)
+        assert any(k.endswith(b"#") for k in r.hkeys("held:{cam}"))
     limit = budgeted[0]["policy"]["limit"]
     spend = [sum(o.get("ms", 0.0) for o in x["outputs"].values() if o["origin"] == "executed") for x in budgeted]
     worst = max(sum(spend[i : i + period]) for i in range(len(spend) - period + 1))
     assert worst <= limit * period * 1.05, (worst, limit * period, spend)
     assert r.hlen("spend:{cam}") <= 3 * period  # the shared window, bounded
+
+
+def test_a_worker_fills_from_the_batch_another_worker_finished_while_its_models_ran(r: redis.Redis, gif35: Path) -> None:
+    """Concurrency, made deterministic: w0 reads frames k, k+1, then w1 reads k+2, k+3, and
+    w0 writes its records while w1's models run (between w1's decisions and its fill). w1
+    re-reads the held outputs before filling, so every held output of w1's frames is the newest
+    executed on an earlier frame, w0's included, as one worker would have filled it."""
+    n = _decode(r, "cam", gif35)
+    store_costs(r, COSTS)
+    opts = dict(name="hold-last", budget="30%", epochs=8, cold_start_frames=6, period_frames=100)
+    w0, w1 = (Worker(r, RuntimePolicy(RuntimeOptions(**opts), r), batch=2, block_ms=50, name=f"w{i}") for i in range(2))
+    w1.refresh_cameras(force=True)
+    pending: list = []
+    calls = {"n": 0}
+    adopt = w1.policy.adopt_shared
+
+    def adopt_after_w0_finished(cams: set[str]) -> None:
+        calls["n"] += 1
+        if calls["n"] % 2 == 0 and pending:  # w1's second call of a batch: w0's batch was written meanwhile
+            w0.process(pending.pop())
+        adopt(cams)
+
+    w1.policy.adopt_shared = adopt_after_w0_finished  # type: ignore[method-assign]
+    w0.refresh_cameras(force=True)
+    for _ in range(100):
+        got = w0._read()
+        if got:
+            pending.append(got)
+        if w1.step() == 0 and pending:
+            w0.process(pending.pop())
+        if r.xlen(results_key("cam")) == n:
+            break
+    recs = _records(r, "cam")
+    assert sorted(x["frame"] for x in recs) == list(range(n))
+    by_frame = {x["frame"]: x for x in recs}
+    checked = crossed = 0
+    for x in recs:
+        if x["worker"] != "w1" or x["policy"].get("phase") != "budgeted":
+            continue
+        for m, o in x["outputs"].items():
+            if o["origin"] != "held":
+                continue
+            src = max(f for f in range(x["frame"]) if by_frame[f]["outputs"][m]["origin"] == "executed")
+            assert _same_output(o, by_frame[src]["outputs"][m]), (x["frame"], m, src)
+            checked += 1
+            crossed += by_frame[src]["worker"] == "w0"
+    assert checked and crossed, (checked, crossed)
