@@ -28,6 +28,10 @@ def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> N
     assert set(res["costs_ms"]) == set(MODELS) and all(v > 0 for v in res["costs_ms"].values())
     assert res["semantics"].startswith("production") and res["eval_frames"] == 35  # every frame, the cold start's too
     assert [(r["policy"], r["budget"]) for r in res["runs"]] == [("hold-last", "30%"), ("ours", "30%"), ("hold-last", "60%"), ("ours", "60%")]
+    # each run as it ended: a line on the terminal and one in runs.jsonl (what a bench stopped early keeps)
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert [json.dumps(json.loads(x), sort_keys=True) for x in lines] == [json.dumps(r, sort_keys=True) for r in res["runs"]]
+    assert "ours @ 60% seed 0: compute" in proc.stderr and "valid" in proc.stderr
     ref = res["reference"]
     assert ref["accuracy"]["mean"] == 1.0 and ref["compute_share"] == pytest.approx(1.0) and ref["fps"] > 0
     for r in res["runs"]:

@@ -21,7 +21,8 @@ MEASURED compute.
    boundary) and reports accuracy in the 1st, 2nd and 3rd period after each change.
 
 Outputs in ``--out``: ``bench.json`` (the command, commit, machine, measured costs, every
-run), ``bench.md`` (tables, from :mod:`pipeline.app.bench_report`) and PNG plots.
+run), ``bench.md`` (tables, from :mod:`pipeline.app.bench_report`) and PNG plots; while it
+runs, each finished run is printed and appended to ``runs.jsonl``.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def _diffs_for_frames(video: Path, frames: list[int], resize: Any) -> list[float
 
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
+    (opts.out_dir / "runs.jsonl").unlink(missing_ok=True)  # this bench's runs only
     cfg, boundaries = bench_config(opts.videos, opts.config, opts.fps, opts.concat)
     specs = cfg.all_model_specs()
     models = build_models(specs)
@@ -249,6 +251,12 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                 row["drift"] = {cam: drift_periods(run.records, ref.records, classes, cam, bs, opts.period_frames, informative)
                                 for cam, bs in boundaries.items()}
             runs.append(row)
+            # Each run as it ends: on the terminal, and in runs.jsonl (a bench stopped early keeps what it measured).
+            verdict = "valid" if not reasons else "INVALID: " + "; ".join(reasons)
+            print(f"  {p} @ {b} seed {seed}: compute {sc.compute_share:.1%} of all's, mean agreement {sc.mean:.3f}, {verdict}",
+                  file=sys.stderr, flush=True)
+            with (opts.out_dir / "runs.jsonl").open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
 
         curve = hold_last_curve(ref.records, classes, frames, informative)
         ref_score = score_run(ref.records, ref.records, classes, frames, informative)
