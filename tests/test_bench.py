@@ -24,6 +24,7 @@ def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> N
     assert "Traceback" not in proc.stderr
     res = json.loads((out / "bench.json").read_text())
     assert res["command"][:2] == ["mlink", "bench"] and "--budgets" in res["command"]
+    assert len(res["commit"]) == 40 and isinstance(res["dirty"], bool)  # the code that ran, taken at the start
     assert res["machine"]["cores"] >= 1 and "cpu" in res["machine"] and "gpu" in res["machine"]
     assert set(res["costs_ms"]) == set(MODELS) and all(v > 0 for v in res["costs_ms"].values())
     assert res["semantics"].startswith("production") and res["eval_frames"] == 35  # every frame, the cold start's too

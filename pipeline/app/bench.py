@@ -138,12 +138,18 @@ def _machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "python": platform.python_version()}
 
 
-def _commit() -> str | None:
+def _commit() -> tuple[str | None, bool]:
+    """The commit of the code that runs (where this file lives) and whether its tree had
+    uncommitted changes, taken when the bench STARTS (a checkout edited meanwhile must not
+    relabel the runs)."""
+    root = Path(__file__).resolve().parents[2]
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parents[2]).stdout.strip() or None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=root).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                                    timeout=10, cwd=root).stdout.strip())
+        return head, dirty
     except (OSError, subprocess.SubprocessError):
-        return None
+        return None, False
 
 
 def _warm_seeds(cfg: Config, ref: Replay, metas: dict[str, ModelMeta], names: list[str], frac: float) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
@@ -184,6 +190,7 @@ def _diffs_for_frames(video: Path, frames: list[int], resize: Any) -> list[float
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     (opts.out_dir / "runs.jsonl").unlink(missing_ok=True)  # this bench's runs only
+    commit, dirty = _commit()
     cfg, boundaries = bench_config(opts.videos, opts.config, opts.fps, opts.concat)
     specs = cfg.all_model_specs()
     models = build_models(specs)
@@ -261,7 +268,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         curve = hold_last_curve(ref.records, classes, frames, informative)
         ref_score = score_run(ref.records, ref.records, classes, frames, informative)
         result: dict[str, Any] = {
-            "command": opts.command, "commit": _commit(), "machine": _machine(),
+            "command": opts.command, "commit": commit, "dirty": dirty, "machine": _machine(),
             "videos": opts.videos, "models": names, "costs_ms": {n: c.ms for n, c in costs.items()},
             "total_ms": sum(c.ms for c in costs.values()),
             "options": {"budgets": opts.budgets, "policies": opts.policies, "fps": opts.fps, "repeats": opts.repeats, "concat": opts.concat,
