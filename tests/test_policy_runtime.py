@@ -34,8 +34,11 @@ class _Cost:
         self.ms, self.mem_mb, self.gpu_mb = ms, 10.0, 0.0
 
 
-# Fixed costs make the plans deterministic (real ones are measured by the CLI).
-COSTS = {"haar_full_body": _Cost(20.0), "mog2_motion": _Cost(2.0), "scene_light": _Cost(0.6), "edge_density": _Cost(1.0)}
+# Fixed costs make the plans deterministic (real ones are measured by the CLI). They are set
+# above what these models measure on gif35 on a loaded 2-core machine (haar ~20-40 ms), so the
+# governor, which caps MEASURED ms, cuts what the plan asked for only when a frame really costs
+# more than the budget allows, not because the machine is slower than the fixed figures.
+COSTS = {"haar_full_body": _Cost(60.0), "mog2_motion": _Cost(6.0), "scene_light": _Cost(1.8), "edge_density": _Cost(3.0)}
 
 
 def _decode(r: redis.Redis, name: str, source: Path) -> int:
