@@ -18,7 +18,7 @@ MODELS = ["haar_full_body", "mog2_motion", "scene_light", "edge_density"]
 def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> None:
     cfg = write_config(tmp_path / "b.yaml", {"defaults": {"models": MODELS}, "cameras": {"x": {"source": str(gif35)}}})
     out = tmp_path / "bench"
-    proc = run_mlink("bench", gif35, "--config", cfg, "--budgets", "30%,60%", "--policies", "hold-last,ours", "--cold-start", "10",
+    proc = run_mlink("bench", gif35, "--config", cfg, "--budgets", "40%,70%", "--policies", "hold-last,ours", "--cold-start", "10",
                      "--period", "10", "--profile-fraction", "0.2", "--out", out, "--redis", redis_url, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -28,11 +28,11 @@ def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> N
     assert res["machine"]["cores"] >= 1 and "cpu" in res["machine"] and "gpu" in res["machine"]
     assert set(res["costs_ms"]) == set(MODELS) and all(v > 0 for v in res["costs_ms"].values())
     assert res["semantics"].startswith("production") and res["eval_frames"] == 35  # every frame, the cold start's too
-    assert [(r["policy"], r["budget"]) for r in res["runs"]] == [("hold-last", "30%"), ("ours", "30%"), ("hold-last", "60%"), ("ours", "60%")]
+    assert [(r["policy"], r["budget"]) for r in res["runs"]] == [("hold-last", "40%"), ("ours", "40%"), ("hold-last", "70%"), ("ours", "70%")]
     # each run as it ended: a line on the terminal and one in runs.jsonl (what a bench stopped early keeps)
     lines = (out / "runs.jsonl").read_text().splitlines()
     assert [json.dumps(json.loads(x), sort_keys=True) for x in lines] == [json.dumps(r, sort_keys=True) for r in res["runs"]]
-    assert "ours @ 60% seed 0: compute" in proc.stderr and "valid" in proc.stderr
+    assert "ours @ 70% seed 0: compute" in proc.stderr and "valid" in proc.stderr
     ref = res["reference"]
     assert ref["accuracy"]["mean"] == 1.0 and ref["compute_share"] == pytest.approx(1.0) and ref["fps"] > 0
     for r in res["runs"]:
@@ -59,8 +59,8 @@ def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> N
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
     table = (out / "bench.md").read_text()
-    assert "| ours | 30% | 1/1 |" in table and "mean @ 1/5" in table
-    assert "| ours | 30% | 1/1 |" in proc.stdout
+    assert "| ours | 40% | 1/1 |" in table and "mean @ 1/5" in table
+    assert "| ours | 40% | 1/1 |" in proc.stdout
     # the README's tables come from this file through the generator script
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:t:start -->\nSTALE TABLE\n<!-- bench:t:end -->\nrest\n")
@@ -68,7 +68,7 @@ def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> N
                           "--readme", str(readme), "--name", "t"], capture_output=True, text=True, timeout=60)
     assert gen.returncode == 0, gen.stderr
     text = readme.read_text()
-    assert "STALE TABLE" not in text and "| ours | 30% | 1/1 |" in text and text.startswith("intro") and text.endswith("rest\n")
+    assert "STALE TABLE" not in text and "| ours | 40% | 1/1 |" in text and text.startswith("intro") and text.endswith("rest\n")
 
 
 def test_bench_concat_reports_accuracy_after_each_scene_change(tmp_path: Path, redis_url: str, gif23: Path, gif35: Path) -> None:
