@@ -133,6 +133,7 @@ class CamState:
     fresh_obs: dict[str, list[tuple[float, int, float]]] = field(default_factory=dict)  # this period's risk observations
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> risk predicted vs error observed, last period
     exec_thumbs: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)  # model -> (frame, thumbnail) it last ran on
+    cold: ColdStartSamples | None = None  # the camera's shared cold-start samples (Redis), made once
 
 
 class RuntimePolicy:
@@ -242,7 +243,7 @@ class RuntimePolicy:
         one = self._new_samples(st.models)
         one.append(camera, frame.frame, frame.pts, executed)
         n_cold = self.opts.cold_start_frames
-        cold = ColdStartSamples(self.r, camera, n_cold)
+        cold = self._cold(camera, st)
         n = cold.add(one, st.thumbs.get(frame.frame) if self.name == "cascade" else None)
         if n < n_cold or n % n_cold:
             return
@@ -252,6 +253,12 @@ class RuntimePolicy:
         st.samples, thumbs = loaded
         st.thumbs.update(thumbs)
         self._train_and_plan(camera, st, frame.frame)
+
+    def _cold(self, camera: str, st: CamState) -> ColdStartSamples:
+        assert self.r is not None
+        if st.cold is None:
+            st.cold = ColdStartSamples(self.r, camera, self.opts.cold_start_frames)
+        return st.cold
 
     def fill(self, camera: str, frame: FrameMsg, executed: dict[str, ModelOutput], others: list[str]) -> dict[str, Filled]:
         st = self.cams[camera]
@@ -412,11 +419,16 @@ class RuntimePolicy:
                             "mlink run/replay/bench, or the worker with `mlink worker --config CAMERAS.yaml`, which measure them")
         return costs
 
-    def _train_and_plan(self, camera: str, st: CamState, frame_index: int) -> None:
-        samples = st.samples
+    @staticmethod
+    def _split(samples: AlignedSamples) -> tuple[AlignedSamples, AlignedSamples]:
+        """The cold start's samples: the first 75% train the links, the rest score them for the planner."""
         n = len(samples)
         cut = max(2, int(n * 0.75))
-        fit, val = samples.subset(np.arange(cut)), samples.subset(np.arange(cut, n))
+        return samples.subset(np.arange(cut)), samples.subset(np.arange(cut, n))
+
+    def _train_and_plan(self, camera: str, st: CamState, frame_index: int) -> None:
+        samples = st.samples
+        fit, val = self._split(samples)
         ls = LinkSet.train(fit, seed=self.opts.seed, epochs=self.opts.epochs)
         st.linkset = ls
         if self.name == "cascade":
@@ -580,7 +592,7 @@ class RuntimePolicy:
             self._plan(camera, st, samples, -1, reducto_clip=samples)
             st.phase = Phase.BUDGETED
             return
-        cold = ColdStartSamples(self.r, camera, self.opts.cold_start_frames).load(st.models)
+        cold = self._cold(camera, st).load(st.models)
         origin = self.r.hget(links_key(camera), "origin")
         if cold is not None and len(cold[0]) >= 2:
             # The camera's cold-start samples (another worker's training set): plan from them here,
@@ -590,8 +602,7 @@ class RuntimePolicy:
             if self.name == "cascade":
                 st.risk = self._fit_risk(st, samples)
                 st.thumbs = {f: t for f, t in st.thumbs.items() if f >= frame_index}  # this frame's and the batch's still to come
-            cut = max(2, int(len(samples) * 0.75))
-            val = samples.subset(np.arange(cut, len(samples)))
+            _, val = self._split(samples)
             self._plan(camera, st, val if len(val) else samples, frame_index, reducto_clip=samples)
             if origin is not None and st.reselector is not None:
                 st.reselector = Reselector(self.opts.period_frames, origin=int(origin))
