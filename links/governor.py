@@ -109,6 +109,7 @@ class Governor:
     ledger: SpendLedger = field(default_factory=LocalLedger)
     _pending: dict[int, tuple[float, float]] = field(init=False, repr=False)  # frame -> (estimate, booked with headroom), until charged
     _errors: deque[float] = field(init=False, repr=False)  # measured / booked spend of recent frames
+    _errors_all: deque[float] = field(init=False, repr=False)  # ...of recent all-or-none (profiling) frames
     _next: int = field(init=False, repr=False, default=0)  # frame number when callers give none
     _last: tuple[int, float, int] = field(init=False, repr=False, default=(-1, 0.0, 0))  # last admitted frame, its window's spend, frames
 
@@ -126,6 +127,8 @@ class Governor:
         # Frames admitted but not charged yet (a worker decides a whole batch before it runs any model).
         self._pending = {}
         self._errors = deque(maxlen=64)
+        self._errors_all = deque(maxlen=16)
+        self._all_or_none: set[int] = set()  # pending frames booked all-or-none
 
     def headroom(self) -> float:
         """The margin admissions use: at least ``margin``, more when recent frames cost more than
@@ -139,6 +142,18 @@ class Governor:
             return min(self.max_margin, max(self.margin, self.early_margin, worst))
         q = sorted(self._errors)[int(0.9 * (len(self._errors) - 1))]
         return min(self.max_margin, max(self.margin, q - 1.0))
+
+    def headroom_all_or_none(self) -> float:
+        """The margin a frame that runs every model (profiling) is booked with: at least
+        :meth:`headroom`, and the WORST error seen on recent such frames (the early margin until 8
+        have been measured). Such a frame is the largest single booking there is (at a 5% budget,
+        half a window), it runs rarely, so its estimate learns least, and one of them costing more
+        than booked breaks its window on its own; the frames between them are too cheap to say how
+        far off it may be."""
+        worst = max(self._errors_all, default=1.0) - 1.0
+        if len(self._errors_all) < 8:
+            worst = max(worst, self.early_margin)
+        return min(self.max_margin, max(self.headroom(), worst))
 
     def room(self, frame: int | None = None) -> float:
         """What ``frame`` (default: the next) may spend so that every window containing it stays within the cap."""
@@ -163,13 +178,17 @@ class Governor:
     def _book(self, frame: int | None, models: list[str], all_or_none: bool) -> list[bool]:
         f = self._next if frame is None else int(frame)
         self._next = max(self._next, f + 1)
-        k = 1 + self.headroom()
+        k = 1 + (self.headroom_all_or_none() if all_or_none else self.headroom())
         costs = [self.estimate[m] * k for m in models]
         mask, window_spend, n = self.ledger.book(f, costs, self.window, self.limit * self.window, all_or_none)
         est = sum(self.estimate[m] for m, ok in zip(models, mask) if ok)
         self._pending[f] = (est, est * k)
+        if all_or_none and est > 0:
+            self._all_or_none.add(f)
         if len(self._pending) > 4 * self.window:  # decided but never charged (a failed write): forget the oldest
-            self._pending.pop(next(iter(self._pending)))
+            oldest = next(iter(self._pending))
+            self._pending.pop(oldest)
+            self._all_or_none.discard(oldest)
         if f >= self._last[0]:
             self._last = (f, window_spend, n)
         return mask
@@ -192,6 +211,9 @@ class Governor:
             if booked is not None:
                 if booked[0] > 0:
                     self._errors.append(spent / booked[0])
+                    if frame in self._all_or_none:
+                        self._errors_all.append(spent / booked[0])
+                self._all_or_none.discard(frame)
                 last, total, n = self._last
                 if last - self.window < frame <= last:
                     self._last = (last, total - booked[1] + spent, n)
