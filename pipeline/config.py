@@ -432,6 +432,8 @@ class SchedulerConfig(Strict):
     profile_fraction: float = Field(0.02, gt=0, le=1, description="share of each period's frames that run all models")
     cold_start_frames: int = Field(120, ge=8, description="frames profiled with all models before links are trained")
     seed: int = Field(0, ge=0, description="random seed of link training (benchmark repeats vary it)")
+    share_cameras: bool = Field(False, description="every worker reads every camera (default: each camera has one owner among "
+                                "the live workers, which keeps its state whole; share only a camera one worker cannot keep up with)")
     min_every: dict[str, int] = Field(default_factory=dict, description="cascade: model -> run it at least every this many "
                                       "frames (a floor kept before the budget is spent on the rest), e.g. {plate_det: 10}")
 

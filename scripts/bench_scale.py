@@ -5,7 +5,9 @@ Frames of a real video are decoded and JPEG-encoded once up front, so the
 decoder is not what is measured. For each worker count the script starts the
 workers (separate processes, like ``mlink worker`` on other hosts), waits until
 every one of them has joined the consumer group (models loaded), then XADDs the
-frames and times until every frame has a record. Each worker runs its models
+frames and times until every frame has a record. The workers share the one camera
+(``share_cameras``: the throughput of one camera spread over several workers; by default
+each camera has a single owner and workers scale over cameras). Each worker runs its models
 single-threaded (``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``): one
 worker per core is the deployment shape for scale-out, and otherwise a single
 worker would already use both cores through OpenCV's thread pool. The last row
@@ -47,7 +49,8 @@ def _worker(url: str, camera_batch: int, single_thread: bool, stop_evt: "mp.sync
     from stages.scheduler import Worker
 
     r = connect(url)
-    w = Worker(r, batch=camera_batch, block_ms=50, claim_idle_ms=60_000, should_stop=stop_evt.is_set)
+    # One camera shared by every worker (scheduler.share_cameras): by default a camera has one owner.
+    w = Worker(r, batch=camera_batch, block_ms=50, claim_idle_ms=60_000, should_stop=stop_evt.is_set, share_cameras=True)
     w.refresh_cameras(force=True)  # loads the models
     r.incr(ready_key)
     w.run()

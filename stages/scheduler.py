@@ -1,11 +1,12 @@
 """Scheduler stage: consumer-group workers turning frames into analytics records.
 
-Each worker reads every registered camera's ``frames:{cam}`` through the
-``scheduler`` consumer group (XREADGROUP), asks the frame policy which models
+Each worker reads the ``frames:{cam}`` of the cameras it owns (one owner per camera among
+the live workers, :mod:`stages.assignment`; every camera with ``share_cameras``) through
+the ``scheduler`` consumer group (XREADGROUP), asks the frame policy which models
 execute on each frame, runs them batched across the frames (and cameras) of one
 read, fills the remaining models through the policy (links, held values...),
 XADDs one record per frame to ``results:{cam}``, and only then XACKs (and
-XDELs) the frame. A worker that dies leaves its frames pending; live workers
+XDELs) the frame. A worker that dies leaves its frames pending; its cameras' new owners
 reclaim frames idle for longer than ``claim_idle_ms`` (XPENDING + XCLAIM in one script).
 
 I/O that survives the field:
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -85,6 +87,7 @@ from pipeline.streams import (
     status_event,
 )
 from pipeline.zoo import Model, build_model
+from stages.assignment import Membership, assign
 from stages.frame_policy import AllPolicy, Filled, FramePolicy
 from stages.policy_runtime import make_frame_policy
 
@@ -207,6 +210,9 @@ class Worker:
         say: Callable[[str], None] = say_stderr,
         preview_every_s: float = 0.1,
         trusted: TrustedCode | None = None,
+        share_cameras: bool = False,
+        lease_ms: int = 5000,
+        stall_s: float = 60.0,
     ) -> None:
         self.r = r
         self.preview_every_s = preview_every_s
@@ -232,6 +238,13 @@ class Worker:
         self.cluster = is_cluster(r)
         self._write_script = r.register_script(_WRITE_LUA)
         self._reclaim_script = r.register_script(_RECLAIM_LUA)
+        # One owner per camera (stages.assignment) unless the cameras are shared.
+        self.share_cameras = share_cameras
+        self.membership = Membership(r, self.name, lease_ms)
+        self._live: list[str] = [self.name]
+        self._registered: list[str] = []
+        self.stall_s = stall_s  # a loop stuck this long stops renewing the lease: its cameras move
+        self._loop_alive = time.monotonic()
 
     # -------------------------------------------------------------- cameras
     def refresh_cameras(self, force: bool = False) -> None:
@@ -239,8 +252,13 @@ class Worker:
         if not force and now - self._last_refresh < 1.0:
             return
         self._last_refresh = now
-        for raw in self.r.smembers(CAMERAS_KEY):
-            cam = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        if not self.share_cameras:
+            self._live = self.membership.beat()
+        registered = [raw.decode(errors="replace") if isinstance(raw, bytes) else raw for raw in self.r.smembers(CAMERAS_KEY)]
+        # Owners are dealt over what every worker sees alike (the registry), not over the cameras
+        # this worker could build: otherwise a camera one host cannot serve shifts the others' owners.
+        self._registered = sorted(c for c in registered if valid_camera_name(c))
+        for cam in registered:
             if cam in self.cameras:
                 continue
             if not valid_camera_name(cam):  # anyone who can write to Redis could register one
@@ -277,6 +295,14 @@ class Worker:
                                         live=info.get(b"mode") == Mode.LIVE.value.encode(),
                                         max_lag_s=float(info.get(b"max_lag_s", 2.0)))
 
+    def serving(self) -> list[str]:
+        """The cameras this worker reads: those it owns among the live workers (all of them when
+        cameras are shared). Every record names the worker that made it (``worker``)."""
+        if self.share_cameras:
+            return list(self.cameras)
+        owner = assign(self._registered, self._live)
+        return [c for c in self.cameras if owner.get(c, self.name) == self.name]
+
     def fail_camera(self, cam: str, exc: BaseException | str) -> None:
         """Give up on one camera for good (its input is wrong); the others go on."""
         reason = str(exc)
@@ -298,7 +324,42 @@ class Worker:
         """
         last_work = self.clock()
         backoff = Backoff(initial=0.1, maximum=2.0)
+        beating, beater = self._start_heartbeat()
+        try:
+            return self._loop(idle_exit_s, last_work, backoff)
+        finally:
+            beating.set()
+            if beater is not None:
+                beater.join(5.0)  # a beat in flight must not land after the leave
+            if not self.share_cameras:
+                try:
+                    self.membership.leave()  # the cameras it served move now, not after the lease
+                except REDIS_DOWN:
+                    pass
+
+    def _start_heartbeat(self) -> tuple[threading.Event, threading.Thread | None]:
+        """Keep this worker's lease alive while one step runs for long (a cold start's link
+        training takes seconds): a thread beats every third of the lease; the loop beats too."""
+        stop = threading.Event()
+        if self.share_cameras:
+            return stop, None
+
+        def beat() -> None:
+            while not stop.wait(self.membership.lease_ms / 3000):
+                if time.monotonic() - self._loop_alive > self.stall_s:
+                    continue  # hung (not merely busy): let the other workers take its cameras
+                try:
+                    self.membership.beat()
+                except redis.RedisError:
+                    pass  # Redis away: the loop waits for it and says so
+
+        t = threading.Thread(target=beat, name=f"lease:{self.name}", daemon=True)
+        t.start()
+        return stop, t
+
+    def _loop(self, idle_exit_s: float | None, last_work: float, backoff: Backoff) -> WorkerStats:
         while not self.should_stop():
+            self._loop_alive = time.monotonic()
             try:
                 n = self.step()
             except REDIS_DOWN as exc:
@@ -329,14 +390,18 @@ class Worker:
             self.sleep(self.block_ms / 1000)
             self.refresh_cameras(force=True)
             return 0
-        entries = self._reclaim() if self.clock() - self._last_claim > self.claim_idle_ms / 2000 else []
+        cams = self.serving()
+        if not cams:  # a hot standby: every camera has a live owner
+            self.sleep(self.block_ms / 1000)
+            return 0
+        entries = self._reclaim(cams) if self.clock() - self._last_claim > self.claim_idle_ms / 2000 else []
         if not entries:
-            entries = self._read()
+            entries = self._read(cams)
         if entries:
             self.process(entries)
         return len(entries)
 
-    def _read(self) -> list[Entry]:
+    def _read(self, cams: list[str]) -> list[Entry]:
         entries: list[Entry] = []
 
         def add(resp: Any) -> None:
@@ -344,7 +409,6 @@ class Worker:
                 k = key.decode() if isinstance(key, bytes) else key
                 entries.extend((k, eid, fields) for eid, fields in items)
 
-        cams = list(self.cameras)
         if not self.cluster:
             add(self.r.xreadgroup(GROUP, self.name, {frames_key(c): ">" for c in cams}, count=self.batch, block=self.block_ms))
             return entries
@@ -362,10 +426,10 @@ class Worker:
             add(self.r.xreadgroup(GROUP, self.name, {frames_key(cams[start]): ">"}, count=self.batch, block=block))
         return entries
 
-    def _reclaim(self) -> list[Entry]:
+    def _reclaim(self, cams: list[str]) -> list[Entry]:
         self._last_claim = self.clock()
         out = []
-        for cam in self.cameras:
+        for cam in cams:
             key = frames_key(cam)
             try:
                 claimed = self._reclaim_script(keys=[key, metrics_key(cam)], args=[GROUP, self.name, self.claim_idle_ms, self.batch])
@@ -596,7 +660,7 @@ class Worker:
 
 
 def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_idle_ms: int = 10_000,
-                allow: tuple[str, ...] = ()) -> int:
+                allow: tuple[str, ...] = (), share_cameras: bool = False) -> int:
     """Process entry point (the supervisor starts N of these). ``allow``: the code and weight
     refs of the supervisor's own config, which this worker may load."""
     stop = {"flag": False}
@@ -609,5 +673,5 @@ def worker_main(redis_url: str, batch: int = 8, policy_name: str = "all", claim_
     r = connect(redis_url)
     policy = make_frame_policy(policy_name, r)
     Worker(r, policy, batch=batch, claim_idle_ms=claim_idle_ms, should_stop=lambda: stop["flag"],
-           trusted=TrustedCode.of(allow=allow)).run()
+           trusted=TrustedCode.of(allow=allow), share_cameras=share_cameras).run()
     return ExitCode.OK

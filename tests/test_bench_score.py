@@ -100,7 +100,8 @@ def test_an_overspending_run_is_caught() -> None:
                    for i, r in REF["c"].items()}}
     s = score_run(burst, REF, CLASSES, FRAMES, INFO, window=2)
     assert s.budgeted_ms == pytest.approx(22 / 6) and s.worst_window_ms == pytest.approx(11.0)
-    assert "in one window" in overspend(s)
+    assert s.worst_window == {"camera": "c", "first_frame": 2, "last_frame": 3, "dearest": [[2, 11.0], [3, 11.0]]}
+    assert "in one window (camera c, frames 2-3)" in overspend(s)
     assert overspend(score_run(REF, REF, CLASSES, FRAMES, INFO)) is None  # no budget in the records: nothing to check
 
 

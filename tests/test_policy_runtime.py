@@ -284,7 +284,8 @@ def test_two_workers_on_one_camera_fill_from_each_others_outputs(r: redis.Redis,
     n = _decode(r, "cam", gif35)
     store_costs(r, COSTS)
     opts = dict(name="hold-last", budget="30%", epochs=8, cold_start_frames=6, period_frames=100)
-    workers = [Worker(r, RuntimePolicy(RuntimeOptions(**opts), r), batch=2, block_ms=50, name=f"w{i}") for i in range(2)]
+    workers = [Worker(r, RuntimePolicy(RuntimeOptions(**opts), r), batch=2, block_ms=50, name=f"w{i}", share_cameras=True)
+               for i in range(2)]
     for _ in range(200):  # take turns: each step reads the next 2 frames
         if sum(w.step() for w in workers) == 0 and r.xlen(results_key("cam")) == n:
             break
@@ -321,7 +322,7 @@ def test_two_workers_on_one_camera_cold_start_once_and_share_one_cap(r: redis.Re
     period = 8
     opts = dict(name=policy, budget="40%", epochs=8, cold_start_frames=6, period_frames=period, profile_fraction=0.125)
     pols = [RuntimePolicy(RuntimeOptions(**opts), r) for _ in range(2)]
-    workers = [Worker(r, p, batch=2, block_ms=50, name=f"w{i}") for i, p in enumerate(pols)]
+    workers = [Worker(r, p, batch=2, block_ms=50, name=f"w{i}", share_cameras=True) for i, p in enumerate(pols)]
     for _ in range(200):  # take turns: each step reads the next 2 frames
         if sum(w.step() for w in workers) == 0 and r.xlen(results_key("cam")) == n:
             break
@@ -356,7 +357,8 @@ def test_a_worker_fills_from_the_batch_another_worker_finished_while_its_models_
     n = _decode(r, "cam", gif35)
     store_costs(r, COSTS)
     opts = dict(name="hold-last", budget="30%", epochs=8, cold_start_frames=6, period_frames=100)
-    w0, w1 = (Worker(r, RuntimePolicy(RuntimeOptions(**opts), r), batch=2, block_ms=50, name=f"w{i}") for i in range(2))
+    w0, w1 = (Worker(r, RuntimePolicy(RuntimeOptions(**opts), r), batch=2, block_ms=50, name=f"w{i}", share_cameras=True)
+              for i in range(2))
     w1.refresh_cameras(force=True)
     pending: list = []
     calls = {"n": 0}
@@ -371,7 +373,7 @@ def test_a_worker_fills_from_the_batch_another_worker_finished_while_its_models_
     w1.policy.adopt_shared = adopt_after_w0_finished  # type: ignore[method-assign]
     w0.refresh_cameras(force=True)
     for _ in range(100):
-        got = w0._read()
+        got = w0._read(w0.serving())
         if got:
             pending.append(got)
         if w1.step() == 0 and pending:

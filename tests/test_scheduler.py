@@ -53,7 +53,9 @@ def test_one_record_per_frame_with_every_model(r: redis.Redis, gif23: Path, gif3
 
 def test_two_workers_share_the_group_without_duplicates(r: redis.Redis, gif35: Path) -> None:
     decode_into_redis(r, "pair", gif35, models=["scene_light", "edge_density"])
-    workers = [Worker(redis.Redis(connection_pool=r.connection_pool), batch=2, block_ms=50, name=f"w{i}") for i in range(2)]
+    # Shared cameras (scheduler.share_cameras): by default each camera has one owner (tests/test_assignment.py).
+    workers = [Worker(redis.Redis(connection_pool=r.connection_pool), batch=2, block_ms=50, name=f"w{i}", share_cameras=True)
+               for i in range(2)]
     for w in workers:
         w.refresh_cameras(force=True)  # models loaded before the race starts: neither has a head start
     go = threading.Barrier(2)
@@ -114,14 +116,14 @@ def test_a_worker_too_slow_for_its_frames_does_not_record_them_twice(r: redis.Re
     import time
 
     decode_into_redis(r, "slow", gif23)
-    a = Worker(r, batch=8, block_ms=50, name="a", claim_idle_ms=50)
+    a = Worker(r, batch=8, block_ms=50, name="a", claim_idle_ms=50, share_cameras=True)
     a.refresh_cameras(force=True)
-    stale = a._read()
+    stale = a._read(a.serving())
     assert len(stale) == 8
     time.sleep(0.1)  # longer than claim_idle_ms: A looks dead
-    b = Worker(r, batch=8, block_ms=50, name="b", claim_idle_ms=50)
+    b = Worker(r, batch=8, block_ms=50, name="b", claim_idle_ms=50, share_cameras=True)
     b.refresh_cameras(force=True)
-    reclaimed = b._reclaim()
+    reclaimed = b._reclaim(b.serving())
     assert sorted(e[1] for e in reclaimed) == sorted(e[1] for e in stale)
     b.process(reclaimed)
     a.process(stale)  # A wakes up with the same frames

@@ -77,7 +77,8 @@ class BenchOptions:
     period_frames: int = 100
     profile_fraction: float = 0.05
     cold_start_frames: int = 60
-    workers: int = 1  # scheduler workers per budgeted run (they share links, plans and held outputs through Redis)
+    workers: int = 1  # scheduler workers per budgeted run (each camera has one owner among them, see stages.assignment)
+    share_cameras: bool = False  # ...or every worker reads every camera (links, plans, held outputs shared through Redis)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -234,7 +235,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         combos = [(seed, b, p) for seed in range(opts.repeats) for b in opts.budgets for p in opts.policies if p != "all"]
         for i, (seed, b, p) in enumerate(combos, 1):
             cfg.scheduler = SchedulerConfig(policy=p, budget=b, period_frames=opts.period_frames, profile_fraction=opts.profile_fraction,
-                                            cold_start_frames=opts.cold_start_frames, seed=seed)
+                                            cold_start_frames=opts.cold_start_frames, seed=seed, share_cameras=opts.share_cameras)
 
             def seed_links(rr: redis.Redis) -> None:
                 for cam in cfg.cameras:
@@ -273,7 +274,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             "total_ms": sum(c.ms for c in costs.values()),
             "options": {"budgets": opts.budgets, "policies": opts.policies, "fps": opts.fps, "repeats": opts.repeats, "concat": opts.concat,
                         "warm_links": opts.warm_links, "period_frames": opts.period_frames, "profile_fraction": opts.profile_fraction,
-                        "cold_start_frames": opts.cold_start_frames, "workers": opts.workers},
+                        "cold_start_frames": opts.cold_start_frames, "workers": opts.workers,
+                        "share_cameras": opts.share_cameras},
             "semantics": "warm links (upper bound, not production)" if opts.warm_links is not None else "production (cold start counted)",
             "eval_frames": n_eval, "boundaries": boundaries, "informative": informative, "prior_accuracy": prior,
             "reference": {"fps": ref.fps, "wall_s": ref.wall_s, **ref_score.to_json()},

@@ -28,7 +28,8 @@ def format_tables(res: dict[str, Any]) -> str:
         f"all models: {res['total_ms']:.1f} ms/frame measured here ({res['machine']['cores']} cores, {res['machine']['cpu'] or 'cpu'}"
         f"{', ' + res['machine']['gpu'] if res['machine'].get('gpu') else ''}); fps {opts['fps'] or 'native'}; repeats {opts['repeats']}; "
         f"cold start {opts['cold_start_frames']} frames, period {opts['period_frames']}, profiling {opts['profile_fraction']:.0%}"
-        f"{'; ' + str(opts['workers']) + ' workers per budgeted run' if opts.get('workers', 1) > 1 else ''}",
+        f"{'; ' + str(opts['workers']) + ' workers per budgeted run' if opts.get('workers', 1) > 1 else ''}"
+        f"{' sharing every camera' if opts.get('workers', 1) > 1 and opts.get('share_cameras') else ''}",
         f"informative targets (most common value < 90% of frames): {', '.join(inf) or 'none'}",
         "",
         "Accuracy at equal measured compute (interpolated on each policy's accuracy-vs-compute curve; — = not bracketed by its runs):",

@@ -92,13 +92,15 @@ class RunScore:
     limit_ms: float = math.nan  # the budget per frame the records report (compute budgets)
     budgeted_ms: float = math.nan  # measured model ms per frame after the cold start
     worst_window_ms: float = math.nan  # the most measured ms in any window of `window` budgeted frames, per frame
+    worst_window: dict[str, Any] = field(default_factory=dict)  # where: camera, first and last frame, its dearest frames
 
     def to_json(self) -> dict[str, Any]:
         return {
             "accuracy": {"mean": self.mean, "informative": self.informative, "per_model": self.per_model},
             "box_f1": self.box_f1, "count_mae": self.count_mae,
             "compute_share": self.compute_share, "compute_share_measured": self.compute_share_measured,
-            "spend": {"limit_ms": self.limit_ms, "budgeted_ms": self.budgeted_ms, "worst_window_ms": self.worst_window_ms},
+            "spend": {"limit_ms": self.limit_ms, "budgeted_ms": self.budgeted_ms, "worst_window_ms": self.worst_window_ms,
+                      "worst_window": self.worst_window},
             "frames": self.frames, "missing_records": self.missing_records, "origins": self.origins,
         }
 
@@ -141,8 +143,10 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
     missing = n = 0
     limits: list[float] = []
     budgeted: list[list[float]] = []  # per camera: measured ms of each frame after the cold start
+    budgeted_at: list[tuple[str, list[int]]] = []  # ...and which frames they are
     for cam, fs in frames.items():
         budgeted.append([])
+        budgeted_at.append((cam, []))
         for f in fs:
             rrec = ref[cam][f]
             n += 1
@@ -165,6 +169,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
             pol = rec.get("policy", {})
             if pol.get("phase") == "budgeted" and pol.get("resource") == "ms":
                 budgeted[-1].append(ms)
+                budgeted_at[-1][1].append(f)
                 limits.append(float(pol["limit"]))
             for m in models:
                 ro, o = rrec["outputs"][m], rec["outputs"][m]
@@ -192,6 +197,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
                     count_err.setdefault(m, []).append(abs(float(o.get("count", pred.count)) - float(true.count)))
     per_model = {m: float(np.mean(v)) if v else math.nan for m, v in acc.items()}
     inf = [per_model[m] for m in models if informative.get(m)]
+    worst_ms, worst_at = _worst_window(budgeted, budgeted_at, window)
     return RunScore(
         per_model=per_model,
         mean=float(np.mean(list(per_model.values()))) if per_model else math.nan,
@@ -205,9 +211,26 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
         origins={m: dict(c) for m, c in origins.items()},
         limit_ms=float(np.mean(limits)) if limits else math.nan,
         budgeted_ms=float(np.mean([x for b in budgeted for x in b])) if limits else math.nan,
-        worst_window_ms=max((sum(b[i : i + w]) / w for b in budgeted for w in [min(window, len(b))] if w
-                             for i in range(len(b) - w + 1)), default=math.nan),
+        worst_window_ms=worst_ms,
+        worst_window=worst_at,
     )
+
+
+def _worst_window(budgeted: list[list[float]], at: list[tuple[str, list[int]]], window: int) -> tuple[float, dict[str, Any]]:
+    """The most measured ms per frame in any ``window`` consecutive budgeted frames of a camera,
+    and where it is (camera, first and last frame, its five dearest frames): an overspent run
+    says which frames to look at."""
+    worst, where = math.nan, {}
+    for b, (cam, fs) in zip(budgeted, at):
+        w = min(window, len(b))
+        for i in range(len(b) - w + 1) if w else ():
+            v = sum(b[i : i + w]) / w
+            if not v <= worst:
+                worst = v
+                top = sorted(range(i, i + w), key=lambda j: -b[j])[:5]
+                where = {"camera": cam, "first_frame": fs[i], "last_frame": fs[i + w - 1],
+                         "dearest": [[fs[j], round(b[j], 2)] for j in sorted(top)]}
+    return worst, where
 
 
 def overspend(score: RunScore, tolerance: float = 0.05) -> str | None:
@@ -219,7 +242,9 @@ def overspend(score: RunScore, tolerance: float = 0.05) -> str | None:
     if score.budgeted_ms > cap:
         return f"overspent: {score.budgeted_ms:.2f} ms/frame measured after the cold start for a limit of {score.limit_ms:.2f} (+{tolerance:.0%} allowed)"
     if score.worst_window_ms > cap:
-        return f"overspent: {score.worst_window_ms:.2f} ms/frame in one window for a limit of {score.limit_ms:.2f} (+{tolerance:.0%} allowed)"
+        at = score.worst_window
+        where = f" (camera {at['camera']}, frames {at['first_frame']}-{at['last_frame']})" if at else ""
+        return f"overspent: {score.worst_window_ms:.2f} ms/frame in one window{where} for a limit of {score.limit_ms:.2f} (+{tolerance:.0%} allowed)"
     return None
 
 

@@ -280,7 +280,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
         print(f"mlink: metrics on http://127.0.0.1:{server.server_port}/metrics", file=sys.stderr)
     trusted = TrustedCode.of(cfg.all_model_specs(), allow=a.allow or ())
     stats = Worker(r, policy, batch=a.batch or cfg.scheduler.batch, claim_idle_ms=a.claim_idle_ms, should_stop=lambda: stop.flag,
-                   trusted=trusted).run()
+                   trusted=trusted, share_cameras=a.share_cameras or cfg.scheduler.share_cameras).run()
     print(f"worker: {stats.frames} frames, {stats.reclaimed} reclaimed, {stats.skipped} skipped, {stats.bad_frames} bad", file=sys.stderr)
     return ExitCode.OK
 
@@ -338,7 +338,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         open_source(v).close()
     opts = BenchOptions(a.videos, budgets, policies, a.out, config=base, redis_url=a.redis, fps=a.fps, repeats=a.repeats,
                         concat=a.concat, warm_links=a.warm_links, period_frames=a.period, profile_fraction=a.profile_fraction,
-                        cold_start_frames=a.cold_start, workers=a.workers, command=["mlink", *sys.argv[1:]])
+                        cold_start_frames=a.cold_start, workers=a.workers, share_cameras=a.share_cameras,
+                        command=["mlink", *sys.argv[1:]])
     res = run_bench(opts)
     print(format_tables(res))
     print(f"\nwritten: {a.out}/bench.md, bench.json and PNG plots")
@@ -415,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", help=POLICY_HELP + " (default: config, all)")
     s.add_argument("--budget", help=BUDGET_HELP)
     s.add_argument("--claim-idle-ms", type=int, default=10_000, help="reclaim frames a dead worker left pending this long")
+    s.add_argument("--share-cameras", action="store_true",
+                   help="read every camera alongside the other workers (default: the cameras are dealt out, one owner each)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT (all cameras, from Redis)")
     s.add_argument("--allow", action="append", metavar="REF",
                    help="a callable target (module:function) or weight file this worker may load for cameras registered in Redis "
@@ -442,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--period", type=int, default=100, help="frames per adaptation period (default 100)")
     s.add_argument("--cold-start", type=int, default=60, help="frames every model runs on before links exist (default 60)")
     s.add_argument("--profile-fraction", type=float, default=0.05, help="share of each period's frames profiled with every model (default 0.05)")
-    s.add_argument("--workers", type=int, default=1, help="scheduler workers per budgeted run, sharing the cameras (default 1; "
-                   "the reference always runs one)")
+    s.add_argument("--workers", type=int, default=1, help="scheduler workers per budgeted run, the cameras dealt out among them "
+                   "(default 1; the reference always runs one)")
+    s.add_argument("--share-cameras", action="store_true", help="with --workers: every worker reads every camera")
     s.set_defaults(func=cmd_bench)
 
     cli_links.add_parsers(sub)

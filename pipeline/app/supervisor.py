@@ -122,7 +122,7 @@ class Supervisor:
             # The workers may load what this config names (its models), and nothing else Redis says.
             allow = tuple(sorted({ref for s in cfg.all_model_specs() for ref in spec_code_refs(s)}))
             self.add(Child(f"worker:{i}", worker_main, (redis_url, batch or cfg.scheduler.batch, policy or cfg.scheduler.runtime_options(),
-                                                        claim_idle_ms, allow)))
+                                                        claim_idle_ms, allow, cfg.scheduler.share_cameras)))
         if web is not None:
             self.add(Child("web", web_main, (redis_url, *web)))  # (host, port): the web view
 

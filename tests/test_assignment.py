@@ -1,0 +1,141 @@
+"""stages.assignment: one owner per camera among the live workers, and what happens when one goes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from test_scheduler import decode_into_redis, records
+
+from pipeline.keys import GROUP, WORKERS_KEY, frames_key
+from stages.assignment import Membership, assign
+from stages.scheduler import Worker
+
+
+def test_cameras_are_dealt_evenly_and_every_worker_computes_the_same_owners() -> None:
+    cams = ["c", "a", "e", "b", "d"]
+    owners = assign(cams, ["w2", "w1"])
+    assert owners == {"a": "w1", "b": "w2", "c": "w1", "d": "w2", "e": "w1"}
+    assert assign(reversed(cams), ["w1", "w2", "w1"]) == owners  # order and repeats do not matter
+    assert assign(cams, ["w1"]) == dict.fromkeys(cams, "w1")
+    assert assign(cams, []) == {}
+    counts = [list(assign([f"cam{i}" for i in range(7)], ["x", "y", "z"]).values()).count(w) for w in "xyz"]
+    assert sorted(counts) == [2, 2, 3]
+
+
+def test_membership_lease_expires_and_leave_is_immediate(r: redis.Redis) -> None:
+    a, b = Membership(r, "a", lease_ms=300), Membership(r, "b", lease_ms=300)
+    assert a.beat() == ["a"]
+    assert b.beat() == ["a", "b"]
+    time.sleep(0.2)
+    assert b.beat() == ["a", "b"]  # a still within its lease
+    time.sleep(0.2)
+    assert b.beat() == ["b"]  # a stopped beating 400 ms ago: gone, and removed from the set
+    assert r.zrange(WORKERS_KEY, 0, -1) == [b"b"]
+    a.beat()
+    a.leave()
+    assert b.live() == ["b"]
+    with pytest.raises(ValueError, match="at least 100 ms"):
+        Membership(r, "c", lease_ms=10)
+
+
+def _serve(workers: list[Worker], idle_exit_s: float) -> None:
+    for _ in range(2):  # models loaded, and every worker has seen the others beat, before the race starts
+        for w in workers:
+            w.refresh_cameras(force=True)
+    go = threading.Barrier(len(workers))
+
+    def serve(w: Worker) -> None:
+        go.wait(10)
+        w.run(idle_exit_s=idle_exit_s)
+
+    threads = [threading.Thread(target=serve, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+
+def test_two_workers_two_cameras_each_camera_served_by_one_worker(r: redis.Redis, gif23: Path, gif35: Path) -> None:
+    decode_into_redis(r, "cam-a", gif23, models=["scene_light", "edge_density"])
+    decode_into_redis(r, "cam-b", gif35, models=["scene_light", "edge_density"])
+    workers = [Worker(redis.Redis(connection_pool=r.connection_pool), batch=2, block_ms=50, name=f"w{i}") for i in range(2)]
+    _serve(workers, idle_exit_s=1.0)
+    by_cam = {cam: records(r, cam) for cam in ("cam-a", "cam-b")}
+    assert sorted(x["frame"] for x in by_cam["cam-a"]) == list(range(23))  # none lost, none twice
+    assert sorted(x["frame"] for x in by_cam["cam-b"]) == list(range(35))
+    assert {x["worker"] for x in by_cam["cam-a"]} == {"w0"}  # one owner per camera, the cameras dealt out
+    assert {x["worker"] for x in by_cam["cam-b"]} == {"w1"}
+    assert r.zcard(WORKERS_KEY) == 0  # both left when they stopped
+
+
+def test_shared_cameras_are_read_by_every_worker(r: redis.Redis, gif35: Path) -> None:
+    decode_into_redis(r, "pair", gif35, models=["scene_light", "edge_density"])
+    workers = [Worker(redis.Redis(connection_pool=r.connection_pool), batch=2, block_ms=50, name=f"w{i}", share_cameras=True)
+               for i in range(2)]
+    _serve(workers, idle_exit_s=1.0)
+    recs = records(r, "pair")
+    assert sorted(x["frame"] for x in recs) == list(range(35))
+    assert {x["worker"] for x in recs} == {"w0", "w1"}
+
+
+def test_a_dead_owners_camera_moves_to_the_standby_after_its_lease(r: redis.Redis, gif23: Path) -> None:
+    """w0 owns the camera, reads 8 frames and dies (no record, no leave): w1, a hot standby,
+    takes the camera once w0's lease has run out, reclaims the 8 frames and serves the rest."""
+    decode_into_redis(r, "solo", gif23, models=["scene_light"])
+    w0 = Worker(r, batch=8, block_ms=50, name="w0", lease_ms=400, claim_idle_ms=200)
+    w1 = Worker(r, batch=8, block_ms=50, name="w1", lease_ms=400, claim_idle_ms=200)
+    w0.refresh_cameras(force=True)
+    w1.refresh_cameras(force=True)
+    assert w0.serving() == ["solo"] and w1.serving() == []
+    assert len(w0._read(w0.serving())) == 8  # ...and w0 dies with them
+    assert w1.step() == 0  # standby: w0 is still alive as far as anyone knows
+    assert records(r, "solo") == []
+    w1.run(idle_exit_s=1.5)
+    recs = records(r, "solo")
+    assert sorted(x["frame"] for x in recs) == list(range(23)) and {x["worker"] for x in recs} == {"w1"}
+    assert w1.stats.reclaimed == 8
+    assert r.xpending(frames_key("solo"), GROUP)["pending"] == 0
+
+
+def test_a_worker_that_stops_hands_its_cameras_over_at_once(r: redis.Redis, gif23: Path) -> None:
+    decode_into_redis(r, "solo", gif23, models=["scene_light"])
+    w0 = Worker(r, batch=4, block_ms=50, name="w0", lease_ms=60_000)
+    w1 = Worker(r, batch=4, block_ms=50, name="w1", lease_ms=60_000)
+    w1.refresh_cameras(force=True)
+    calls = {"n": 0}
+
+    def stop_after_two_reads() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    w0.should_stop = stop_after_two_reads
+    w0.run()
+    assert w0.stats.frames == 8  # two reads of 4, then it stopped (and left)
+    w1._last_refresh = -1e9  # its next step looks at the live workers again
+    w1.run(idle_exit_s=1.0)  # a 60 s lease would have kept the camera with w0 for a minute
+    recs = records(r, "solo")
+    assert sorted(x["frame"] for x in recs) == list(range(23))
+    assert {x["worker"] for x in recs if x["frame"] >= 8} == {"w1"}
+
+
+def test_a_busy_worker_keeps_its_lease_and_a_hung_one_loses_it(r: redis.Redis) -> None:
+    """The lease thread beats while one long step runs (link training), so the worker keeps its
+    cameras; a loop that has not come round for ``stall_s`` is hung, and its cameras move."""
+    w = Worker(r, name="w", lease_ms=300, stall_s=1.0)
+    other = Membership(r, "other", lease_ms=300)
+    stop, thread = w._start_heartbeat()
+    try:
+        w._loop_alive = time.monotonic()  # a step began now and runs on
+        time.sleep(0.8)  # well past the 300 ms lease: only the thread kept it
+        assert "w" in other.live()
+        w._loop_alive = time.monotonic() - 5.0  # the same step, 5 s later: hung
+        time.sleep(0.5)
+        assert "w" not in other.live()
+    finally:
+        stop.set()
+        assert thread is not None
+        thread.join(2)
