@@ -258,6 +258,7 @@ class Worker:
         # Owners are dealt over what every worker sees alike (the registry), not over the cameras
         # this worker could build: otherwise a camera one host cannot serve shifts the others' owners.
         self._registered = sorted(c for c in registered if valid_camera_name(c))
+        added = False
         for cam in registered:
             if cam in self.cameras:
                 continue
@@ -275,8 +276,11 @@ class Worker:
                 continue  # registered but its decoder has not published its models yet
             try:
                 self._add_camera(cam, info)
+                added = True
             except CAMERA_ERRORS as exc:
                 self.fail_camera(cam, exc)
+        if added and not self.share_cameras:
+            self._live = self.membership.beat()  # loading models took a while: who else came up meanwhile
 
     def _add_camera(self, cam: str, info: dict[bytes, bytes]) -> None:
         # Re-checked on this host (its packages, its CUDA): a problem fails the camera with one line.
