@@ -150,8 +150,9 @@ def resolve_device(name: str, device: str) -> str:
 
 
 def _torch_threads() -> None:
-    """One torch thread per worker process unless the user says otherwise: workers are the
-    unit of parallelism, and several processes each spinning all cores only contend."""
+    """``MLINK_TORCH_THREADS=N``: N torch threads in this process (default: torch's own, all
+    cores). Several workers on one host each spinning all cores contend; one core per worker
+    is what ``scripts/bench_scale.py`` measures."""
     import torch
 
     n = os.environ.get("MLINK_TORCH_THREADS")
