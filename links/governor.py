@@ -107,7 +107,7 @@ class Governor:
     max_margin: float = 1.0  # most headroom the learned estimation error may ask for
     early_margin: float = 0.25  # headroom until 8 frames have been measured against their booking
     ledger: SpendLedger = field(default_factory=LocalLedger)
-    _pending: dict[int, tuple[float, float]] = field(init=False, repr=False)  # frame -> (estimate, booked with headroom), until charged
+    _pending: dict[int, tuple[float, float, bool]] = field(init=False, repr=False)  # frame -> (estimate, booked with headroom, all-or-none), until charged
     _errors: deque[float] = field(init=False, repr=False)  # measured / booked spend of recent frames
     _errors_all: deque[float] = field(init=False, repr=False)  # ...of recent all-or-none (profiling) frames
     _next: int = field(init=False, repr=False, default=0)  # frame number when callers give none
@@ -128,7 +128,6 @@ class Governor:
         self._pending = {}
         self._errors = deque(maxlen=64)
         self._errors_all = deque(maxlen=16)
-        self._all_or_none: set[int] = set()  # pending frames booked all-or-none
 
     def headroom(self) -> float:
         """The margin admissions use: at least ``margin``, more when recent frames cost more than
@@ -182,13 +181,9 @@ class Governor:
         costs = [self.estimate[m] * k for m in models]
         mask, window_spend, n = self.ledger.book(f, costs, self.window, self.limit * self.window, all_or_none)
         est = sum(self.estimate[m] for m, ok in zip(models, mask) if ok)
-        self._pending[f] = (est, est * k)
-        if all_or_none and est > 0:
-            self._all_or_none.add(f)
+        self._pending[f] = (est, est * k, all_or_none)
         if len(self._pending) > 4 * self.window:  # decided but never charged (a failed write): forget the oldest
-            oldest = next(iter(self._pending))
-            self._pending.pop(oldest)
-            self._all_or_none.discard(oldest)
+            self._pending.pop(next(iter(self._pending)))
         if f >= self._last[0]:
             self._last = (f, window_spend, n)
         return mask
@@ -211,9 +206,8 @@ class Governor:
             if booked is not None:
                 if booked[0] > 0:
                     self._errors.append(spent / booked[0])
-                    if frame in self._all_or_none:
+                    if booked[2]:
                         self._errors_all.append(spent / booked[0])
-                self._all_or_none.discard(frame)
                 last, total, n = self._last
                 if last - self.window < frame <= last:
                     self._last = (last, total - booked[1] + spent, n)

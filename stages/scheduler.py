@@ -241,8 +241,8 @@ class Worker:
         # One owner per camera (stages.assignment) unless the cameras are shared.
         self.share_cameras = share_cameras
         self.membership = Membership(r, self.name, lease_ms)
-        self._live: list[str] = [self.name]
-        self._registered: list[str] = []
+        self._owner: dict[str, str] = {}  # camera -> its worker, dealt when the registry or the live workers are read
+        self._beat_at = -1e9  # when this worker last renewed its lease (monotonic)
         self.stall_s = stall_s  # a loop stuck this long stops renewing the lease: its cameras move
         self._loop_alive = time.monotonic()
 
@@ -252,12 +252,8 @@ class Worker:
         if not force and now - self._last_refresh < 1.0:
             return
         self._last_refresh = now
-        if not self.share_cameras:
-            self._live = self.membership.beat()
+        live = self._beat()
         registered = [raw.decode(errors="replace") if isinstance(raw, bytes) else raw for raw in self.r.smembers(CAMERAS_KEY)]
-        # Owners are dealt over what every worker sees alike (the registry), not over the cameras
-        # this worker could build: otherwise a camera one host cannot serve shifts the others' owners.
-        self._registered = sorted(c for c in registered if valid_camera_name(c))
         added = False
         for cam in registered:
             if cam in self.cameras:
@@ -279,8 +275,20 @@ class Worker:
                 added = True
             except CAMERA_ERRORS as exc:
                 self.fail_camera(cam, exc)
-        if added and not self.share_cameras:
-            self._live = self.membership.beat()  # loading models took a while: who else came up meanwhile
+        if added:
+            live = self._beat()  # loading models took a while: who else came up meanwhile
+        if not self.share_cameras:
+            # Dealt over what every worker sees alike (the registry), not over the cameras this
+            # worker could build: otherwise a camera one host cannot serve shifts the others' owners.
+            self._owner = assign((c for c in registered if valid_camera_name(c)), live)
+
+    def _beat(self) -> list[str]:
+        """Renew this worker's lease; the live workers (just this one when cameras are shared)."""
+        if self.share_cameras:
+            return [self.name]
+        live = self.membership.beat()
+        self._beat_at = time.monotonic()
+        return live
 
     def _add_camera(self, cam: str, info: dict[bytes, bytes]) -> None:
         # Re-checked on this host (its packages, its CUDA): a problem fails the camera with one line.
@@ -304,8 +312,7 @@ class Worker:
         cameras are shared). Every record names the worker that made it (``worker``)."""
         if self.share_cameras:
             return list(self.cameras)
-        owner = assign(self._registered, self._live)
-        return [c for c in self.cameras if owner.get(c, self.name) == self.name]
+        return [c for c in self.cameras if self._owner.get(c, self.name) == self.name]
 
     def fail_camera(self, cam: str, exc: BaseException | str) -> None:
         """Give up on one camera for good (its input is wrong); the others go on."""
@@ -343,17 +350,20 @@ class Worker:
 
     def _start_heartbeat(self) -> tuple[threading.Event, threading.Thread | None]:
         """Keep this worker's lease alive while one step runs for long (a cold start's link
-        training takes seconds): a thread beats every third of the lease; the loop beats too."""
+        training takes seconds): a thread beats when the loop has not for a third of the lease."""
         stop = threading.Event()
         if self.share_cameras:
             return stop, None
 
+        every_s = self.membership.lease_ms / 3000
+
         def beat() -> None:
-            while not stop.wait(self.membership.lease_ms / 3000):
-                if time.monotonic() - self._loop_alive > self.stall_s:
-                    continue  # hung (not merely busy): let the other workers take its cameras
+            while not stop.wait(every_s):
+                now = time.monotonic()
+                if now - self._loop_alive > self.stall_s or now - self._beat_at < every_s:
+                    continue  # hung (not merely busy): let the others take its cameras; or the loop just beat
                 try:
-                    self.membership.beat()
+                    self._beat()
                 except redis.RedisError:
                     pass  # Redis away: the loop waits for it and says so
 

@@ -72,16 +72,6 @@ def test_two_workers_two_cameras_each_camera_served_by_one_worker(r: redis.Redis
     assert r.zcard(WORKERS_KEY) == 0  # both left when they stopped
 
 
-def test_shared_cameras_are_read_by_every_worker(r: redis.Redis, gif35: Path) -> None:
-    decode_into_redis(r, "pair", gif35, models=["scene_light", "edge_density"])
-    workers = [Worker(redis.Redis(connection_pool=r.connection_pool), batch=2, block_ms=50, name=f"w{i}", share_cameras=True)
-               for i in range(2)]
-    _serve(workers, idle_exit_s=1.0)
-    recs = records(r, "pair")
-    assert sorted(x["frame"] for x in recs) == list(range(35))
-    assert {x["worker"] for x in recs} == {"w0", "w1"}
-
-
 def test_a_dead_owners_camera_moves_to_the_standby_after_its_lease(r: redis.Redis, gif23: Path) -> None:
     """w0 owns the camera, reads 8 frames and dies (no record, no leave): w1, a hot standby,
     takes the camera once w0's lease has run out, reclaims the 8 frames and serves the rest."""

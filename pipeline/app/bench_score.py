@@ -142,11 +142,9 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
     priced = ref_ms = run_ms = 0.0
     missing = n = 0
     limits: list[float] = []
-    budgeted: list[list[float]] = []  # per camera: measured ms of each frame after the cold start
-    budgeted_at: list[tuple[str, list[int]]] = []  # ...and which frames they are
+    budgeted: dict[str, list[tuple[int, float]]] = {}  # per camera: (frame, measured ms) of each frame after the cold start
     for cam, fs in frames.items():
-        budgeted.append([])
-        budgeted_at.append((cam, []))
+        budgeted[cam] = []
         for f in fs:
             rrec = ref[cam][f]
             n += 1
@@ -168,8 +166,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
             run_ms += ms
             pol = rec.get("policy", {})
             if pol.get("phase") == "budgeted" and pol.get("resource") == "ms":
-                budgeted[-1].append(ms)
-                budgeted_at[-1][1].append(f)
+                budgeted[cam].append((f, ms))
                 limits.append(float(pol["limit"]))
             for m in models:
                 ro, o = rrec["outputs"][m], rec["outputs"][m]
@@ -197,7 +194,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
                     count_err.setdefault(m, []).append(abs(float(o.get("count", pred.count)) - float(true.count)))
     per_model = {m: float(np.mean(v)) if v else math.nan for m, v in acc.items()}
     inf = [per_model[m] for m in models if informative.get(m)]
-    worst_ms, worst_at = _worst_window(budgeted, budgeted_at, window)
+    worst_ms, worst_at = _worst_window(budgeted, window)
     return RunScore(
         per_model=per_model,
         mean=float(np.mean(list(per_model.values()))) if per_model else math.nan,
@@ -210,26 +207,26 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
         missing_records=missing,
         origins={m: dict(c) for m, c in origins.items()},
         limit_ms=float(np.mean(limits)) if limits else math.nan,
-        budgeted_ms=float(np.mean([x for b in budgeted for x in b])) if limits else math.nan,
+        budgeted_ms=float(np.mean([ms for b in budgeted.values() for _, ms in b])) if limits else math.nan,
         worst_window_ms=worst_ms,
         worst_window=worst_at,
     )
 
 
-def _worst_window(budgeted: list[list[float]], at: list[tuple[str, list[int]]], window: int) -> tuple[float, dict[str, Any]]:
+def _worst_window(budgeted: Mapping[str, list[tuple[int, float]]], window: int) -> tuple[float, dict[str, Any]]:
     """The most measured ms per frame in any ``window`` consecutive budgeted frames of a camera,
     and where it is (camera, first and last frame, its five dearest frames): an overspent run
     says which frames to look at."""
     worst, where = math.nan, {}
-    for b, (cam, fs) in zip(budgeted, at):
+    for cam, b in budgeted.items():
         w = min(window, len(b))
         for i in range(len(b) - w + 1) if w else ():
-            v = sum(b[i : i + w]) / w
+            v = sum(ms for _, ms in b[i : i + w]) / w
             if not v <= worst:
                 worst = v
-                top = sorted(range(i, i + w), key=lambda j: -b[j])[:5]
-                where = {"camera": cam, "first_frame": fs[i], "last_frame": fs[i + w - 1],
-                         "dearest": [[fs[j], round(b[j], 2)] for j in sorted(top)]}
+                dearest = sorted(sorted(b[i : i + w], key=lambda x: -x[1])[:5])
+                where = {"camera": cam, "first_frame": b[i][0], "last_frame": b[i + w - 1][0],
+                         "dearest": [[f, round(ms, 2)] for f, ms in dearest]}
     return worst, where
 
 
