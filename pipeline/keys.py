@@ -9,8 +9,8 @@ key                    type    what it holds (writer)
 =====================  ======  ==============================================================
 ``mlink:cameras``      set     registered camera names (decoder)
 ``mlink:costs``        hash    model -> measured cost JSON (the command that starts a pipeline)
-``mlink:workers``      zset    scheduler worker -> until when it counts as alive (server ms);
-                               who serves which camera follows from it (worker)
+``mlink:workers``      zset    scheduler worker -> until when it counts as alive (server ms) (worker)
+``mlink:owners``       hash    camera -> the live worker that serves it, sticky (worker)
 ``camera:{cam}``       hash    models, mode, frame counters, resume points (decoder)
 ``frames:{cam}``       stream  frames waiting for a scheduler worker (decoder)
 ``results:{cam}``      stream  one analytics record per frame (worker)
@@ -42,6 +42,7 @@ GROUP = "scheduler"  # the consumer group of every frames stream
 CAMERAS_KEY = "mlink:cameras"
 COSTS_KEY = "mlink:costs"
 WORKERS_KEY = "mlink:workers"
+OWNERS_KEY = "mlink:owners"
 
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 CAMERA_NAME_RULE = "camera names use letters, digits, '_', '-', '.' (at most 64), and are not '.' or '..'"

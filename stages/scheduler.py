@@ -87,7 +87,7 @@ from pipeline.streams import (
     status_event,
 )
 from pipeline.zoo import Model, build_model
-from stages.assignment import Membership, assign
+from stages.assignment import Membership
 from stages.frame_policy import AllPolicy, Filled, FramePolicy
 from stages.policy_runtime import make_frame_policy
 
@@ -280,7 +280,7 @@ class Worker:
         if not self.share_cameras:
             # Dealt over what every worker sees alike (the registry), not over the cameras this
             # worker could build: otherwise a camera one host cannot serve shifts the others' owners.
-            self._owner = assign((c for c in registered if valid_camera_name(c)), live)
+            self._owner = self.membership.deal((c for c in registered if valid_camera_name(c)), live)
 
     def _beat(self) -> list[str]:
         """Renew this worker's lease; the live workers (just this one when cameras are shared)."""

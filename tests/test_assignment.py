@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from conftest import write_config
 from test_scheduler import decode_into_redis, records
 
 from pipeline.keys import GROUP, WORKERS_KEY, frames_key
@@ -24,6 +25,45 @@ def test_cameras_are_dealt_evenly_and_every_worker_computes_the_same_owners() ->
     assert assign(cams, []) == {}
     counts = [list(assign([f"cam{i}" for i in range(7)], ["x", "y", "z"]).values()).count(w) for w in "xyz"]
     assert sorted(counts) == [2, 2, 3]
+
+
+def test_owners_are_sticky_a_change_moves_only_what_it_must() -> None:
+    owners = assign(["a", "b", "c", "d"], ["w1", "w2"])
+    assert owners == {"a": "w1", "b": "w2", "c": "w1", "d": "w2"}
+    # a new camera (the decoders register one after the other) moves no other camera
+    grown = assign(["a", "b", "c", "d", "0new"], ["w1", "w2"], owners)
+    assert {c: grown[c] for c in owners} == owners and grown["0new"] == "w1"
+    # a worker joins: it takes only what evens the load (2-2-1 from 3-2), the rest stay put
+    joined = assign(grown, ["w1", "w2", "w3"], grown)
+    moved = {c for c in grown if joined[c] != grown[c]}
+    assert len(moved) == 1 and all(joined[c] == "w3" for c in moved)
+    assert sorted(list(joined.values()).count(w) for w in ("w1", "w2", "w3")) == [1, 2, 2]
+    # a worker dies: its cameras go to the least loaded; nobody else's move
+    left = assign(grown, ["w1", "w3"], joined)
+    assert all(left[c] == joined[c] for c in grown if joined[c] != "w2")
+    assert sorted(list(left.values()).count(w) for w in ("w1", "w3")) == [2, 3]
+    # an owner that is not live is never kept, and one worker takes everything
+    assert assign(["a", "b"], ["w9"], {"a": "w1", "b": "w9"}) == {"a": "w9", "b": "w9"}
+
+
+def test_deal_writes_owners_once_and_a_concurrent_writer_wins_cleanly(r: redis.Redis) -> None:
+    from pipeline.keys import OWNERS_KEY
+
+    a, b = Membership(r, "a", lease_ms=5000), Membership(r, "b", lease_ms=5000)
+    assert a.deal(["x", "y"], ["a"]) == {"x": "a", "y": "a"}
+    assert r.hget(OWNERS_KEY, "#v") == b"1"
+    assert b.deal(["x", "y"], ["a", "b"]) == {"x": "a", "y": "b"}  # b joins: takes one, x stays with a
+    assert a.deal(["x", "y"], ["a", "b"]) == {"x": "a", "y": "b"}  # a agrees, and writes nothing
+    assert r.hget(OWNERS_KEY, "#v") == b"2"
+    # a writer that read version 2 loses to one that wrote meanwhile, and recomputes from it
+    r.hset(OWNERS_KEY, mapping={"x": "b", "#v": 7})
+    assert a._cas(keys=[OWNERS_KEY], args=["2", '{"x": "a"}', "[]"]) == 0
+    assert r.hget(OWNERS_KEY, "x") == b"b"
+    assert a.deal(["x", "y", "z"], ["a", "b"]) == {"x": "b", "y": "b", "z": "a"}  # sticky to what b wrote
+    # a dead owner's entry of a camera no longer registered is dropped
+    r.hset(OWNERS_KEY, "old", "gone-worker")
+    a.deal(["x", "y", "z"], ["a", "b"])
+    assert r.hget(OWNERS_KEY, "old") is None
 
 
 def test_membership_lease_expires_and_leave_is_immediate(r: redis.Redis) -> None:
@@ -95,7 +135,9 @@ def test_a_worker_that_stops_hands_its_cameras_over_at_once(r: redis.Redis, gif2
     decode_into_redis(r, "solo", gif23, models=["scene_light"])
     w0 = Worker(r, batch=4, block_ms=50, name="w0", lease_ms=60_000)
     w1 = Worker(r, batch=4, block_ms=50, name="w1", lease_ms=60_000)
+    w0.refresh_cameras(force=True)  # w0 came first: the camera is its own
     w1.refresh_cameras(force=True)
+    assert w0.serving() == ["solo"] and w1.serving() == []
     calls = {"n": 0}
 
     def stop_after_two_reads() -> bool:
@@ -129,3 +171,34 @@ def test_a_busy_worker_keeps_its_lease_and_a_hung_one_loses_it(r: redis.Redis) -
         stop.set()
         assert thread is not None
         thread.join(2)
+
+
+def test_mlink_replay_with_two_workers_moves_no_camera_mid_run(tmp_path: Path, redis_url: str, gif23: Path, gif35: Path,
+                                                                store_gif: Path) -> None:
+    """Through the console script: the decoders start once both workers have joined, so every
+    camera keeps the owner it starts with (a camera that moves restarts MOG2 on its new owner)."""
+    from conftest import read_jsonl, run_mlink
+
+    from pipeline.app.bench_score import camera_moves
+
+    out = tmp_path / "rec.jsonl"
+    cfg = write_config(tmp_path / "c.yaml", {"defaults": {"models": ["mog2_motion", "scene_light"]}, "cameras": {"x": {"source": str(gif35)}}})
+    proc = run_mlink("replay", gif23, gif35, store_gif, "--config", cfg, "--workers", "2", "--out", out, "--redis", redis_url, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = read_jsonl(out)
+    by_cam: dict[str, dict[int, dict]] = {}
+    for rec in recs:
+        by_cam.setdefault(rec["camera"], {})[rec["frame"]] = rec
+    assert len(by_cam) == 3 and len(recs) == sum(len(v) for v in by_cam.values())  # no frame twice
+    assert camera_moves(by_cam) == {cam: [] for cam in by_cam}, {c: sorted({x["worker"] for x in v.values()}) for c, v in by_cam.items()}
+    owners = {cam: {x["worker"] for x in v.values()} for cam, v in by_cam.items()}
+    assert all(len(w) == 1 for w in owners.values())
+    assert len(set().union(*owners.values())) == 2  # the three cameras dealt over both workers
+
+
+def test_camera_moves_lists_the_frames_where_a_camera_changed_worker() -> None:
+    from pipeline.app.bench_score import camera_moves
+
+    run = {"a": {0: {"worker": "w1"}, 1: {"worker": "w1"}, 3: {"worker": "w2"}, 2: {"worker": "w1"}, 4: {}, 5: {"worker": "w1"}},
+           "b": {0: {"worker": "w2"}}}
+    assert camera_moves(run) == {"a": [3, 5], "b": []}  # in frame order; a record without a worker changes nothing

@@ -18,8 +18,10 @@ MODELS = ["haar_full_body", "mog2_motion", "scene_light", "edge_density"]
 def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> None:
     cfg = write_config(tmp_path / "b.yaml", {"defaults": {"models": MODELS}, "cameras": {"x": {"source": str(gif35)}}})
     out = tmp_path / "bench"
+    # 20-frame windows: the cap allows 5% over the limit in every window, and in a 10-frame window of
+    # millisecond models one frame 30% above its booking on a busy machine was already more than that.
     proc = run_mlink("bench", gif35, "--config", cfg, "--budgets", "40%,70%", "--policies", "hold-last,ours", "--cold-start", "10",
-                     "--period", "10", "--profile-fraction", "0.2", "--out", out, "--redis", redis_url, timeout=600)
+                     "--period", "20", "--profile-fraction", "0.2", "--out", out, "--redis", redis_url, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     res = json.loads((out / "bench.json").read_text())

@@ -62,8 +62,12 @@ def test_kill9_worker_three_times_loses_no_frame(priv: PrivateRedis, person_mp4:
                 # Kill a worker while it holds frames it read but has not recorded yet (mid-batch):
                 # those must be reclaimed (XAUTOCLAIM) by the other worker or by its replacement.
                 # Frozen first (SIGSTOP), so what it holds cannot change between looking and killing.
-                pids = sup.pids("worker:")
-                victim = pids[len(kills) % len(pids)] if pids else None
+                # The camera has one owner among the live workers (the other is a standby holding
+                # nothing), so the victim is a worker that holds frames now, whichever that is.
+                holding = {(c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): int(c["pending"])
+                           for c in r.xpending(frames_key(cam), GROUP)["consumers"]}
+                pids = [p for p in sup.pids("worker:") if holding.get(f"{socket.gethostname()}-{p}", 0) > 0]
+                victim = pids[0] if pids else None
                 if victim is not None:
                     os.kill(victim, signal.SIGSTOP)
                     time.sleep(0.05)  # let a transaction already sent land

@@ -48,7 +48,8 @@ from links.outputs import ModelOutput
 from links.policies import frame_difference, thumbnail
 from links.samples import AlignedSamples, ModelMeta
 from pipeline.app.bench_report import format_tables, plot_bench
-from pipeline.app.bench_score import drift_periods, hold_last_curve, informative_targets, interpolate_at, overspend, prior_cover, score_run
+from pipeline.app.bench_score import (camera_moves, drift_periods, hold_last_curve, informative_targets, interpolate_at, overspend,
+                                      prior_cover, score_run)
 from pipeline.app.session import ProgressSink, RecordStore, SessionOptions, run_session
 from pipeline.config import Config, SchedulerConfig, parse_config, replay_config_from
 from pipeline.costs import measure_config_costs
@@ -254,7 +255,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             if (why := overspend(sc)) is not None:
                 reasons.append(why)
             row = {"policy": p, "budget": b, "seed": seed, "fps": run.fps, "wall_s": run.wall_s, "restarts": run.restarts,
-                   "valid": not reasons, "invalid_reasons": reasons, **sc.to_json()}
+                   "valid": not reasons, "invalid_reasons": reasons, **sc.to_json(), "camera_moves": camera_moves(run.records)}
             if boundaries:
                 row["drift"] = {cam: drift_periods(run.records, ref.records, classes, cam, bs, opts.period_frames, informative)
                                 for cam, bs in boundaries.items()}

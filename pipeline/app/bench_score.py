@@ -230,6 +230,22 @@ def _worst_window(budgeted: Mapping[str, list[tuple[int, float]]], window: int) 
     return worst, where
 
 
+def camera_moves(run: Records) -> dict[str, list[int]]:
+    """Per camera, the frames where its records' worker changed from the frame before: a
+    camera handed to another worker mid-run (a join, a leave, a lost lease). Each move
+    starts the camera's in-process state (MOG2's background, loaded links) afresh there."""
+    moves: dict[str, list[int]] = {}
+    for cam, recs in run.items():
+        prev = None
+        moves[cam] = []
+        for f in sorted(recs):
+            w = recs[f].get("worker")
+            if prev is not None and w is not None and w != prev:
+                moves[cam].append(f)
+            prev = w if w is not None else prev
+    return moves
+
+
 def overspend(score: RunScore, tolerance: float = 0.05) -> str | None:
     """Why a run broke its compute budget after the cold start, or None when it kept it:
     measured ms per frame, overall and in every window, against the limit its records report."""
