@@ -153,8 +153,10 @@ class Supervisor:
 
     def _wait_for_workers(self, workers: list[Child], timeout_s: float) -> None:
         host = socket.gethostname()
+        r = None
         try:
-            seen = Membership(connect(self.redis_url), "supervisor", lease_ms=1000)
+            r = connect(self.redis_url)
+            seen = Membership(r, "supervisor", lease_ms=1000)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 alive = {f"{host}-{c.proc.pid}" for c in workers if c.proc is not None and c.proc.is_alive()}
@@ -163,6 +165,9 @@ class Supervisor:
                 time.sleep(0.1)
         except (RedisUnavailable, *REDIS_DOWN):
             return  # the decoders wait for Redis themselves; their start need not
+        finally:
+            if r is not None:
+                r.close()
 
     def _spawn(self, c: Child) -> None:
         c.proc = _CTX.Process(target=_child, args=(c.target, c.args), name=c.name, daemon=False)
