@@ -18,8 +18,10 @@ import numpy as np
 SCHEMA_VERSION = 1
 
 
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+def consumer_name(pid: int | None = None) -> str:
+    """A worker's name (consumer group member, owner of cameras): host and process id, this
+    process's unless ``pid`` names another on this host."""
+    return f"{socket.gethostname()}-{os.getpid() if pid is None else pid}"
 
 
 # ------------------------------------------------------------------ frames

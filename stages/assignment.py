@@ -18,8 +18,9 @@ cameras go to the least loaded. Dealing afresh on every change (round-robin over
 cameras, the first version) moved cameras whenever one registered: at a replay's start,
 where the decoders register one after the other, cameras changed worker after a few
 frames, and a camera that moves starts MOG2's background model afresh on its new owner.
-Every worker recomputes the owners at each refresh from the same hash and writes them back
-in one optimistic transaction (WATCH), so concurrent workers agree.
+Every worker recomputes the owners at each refresh from the same hash and writes a change
+back only if no other worker wrote since it read (compare-and-set on a version field), so
+concurrent workers agree.
 
 A worker that stops says so (it leaves the set: its cameras move at once); one that dies
 stops beating and its cameras move after ``lease_ms``, to a worker that then reclaims the
@@ -89,6 +90,11 @@ def assign(cameras: Iterable[str], workers: Iterable[str], previous: Mapping[str
         owner[c], load[hi], load[lo] = lo, load[hi] - 1, load[lo] + 1
 
 
+def live_workers(r: redis.Redis) -> list[str]:
+    """The workers whose lease has not run out (read by anyone, e.g. a supervisor waiting for its workers to join)."""
+    return sorted(_text(n) for n in r.register_script(_BEAT_LUA)(keys=[WORKERS_KEY], args=["", ""]))
+
+
 class Membership:
     """This worker's entry in ``mlink:workers``: :meth:`beat` keeps it alive for ``lease_ms``."""
 
@@ -102,12 +108,11 @@ class Membership:
     def beat(self) -> list[str]:
         """Renew this worker's lease; the names of the live workers (this one included)."""
         names = self._script(keys=[WORKERS_KEY], args=[self.name, self.lease_ms])
-        return sorted({n.decode() if isinstance(n, bytes) else str(n) for n in names} | {self.name})
+        return sorted({_text(n) for n in names} | {self.name})
 
     def live(self) -> list[str]:
         """The live workers, without renewing this one."""
-        names = self._script(keys=[WORKERS_KEY], args=[self.name, ""])
-        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        return live_workers(self.r)
 
     def leave(self) -> None:
         """Stop counting as alive now, so the cameras this worker served move without waiting."""

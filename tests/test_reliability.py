@@ -20,7 +20,7 @@ from redis_private import PrivateRedis
 
 from pipeline.config import parse_config
 from pipeline.keys import CAMERAS_KEY, GROUP, frames_key, results_key, status_key
-from pipeline.streams import FrameMsg, encode_frame
+from pipeline.streams import FrameMsg, consumer_name, encode_frame
 
 CHEAP = ["mog2_motion", "scene_light", "edge_density"]
 
@@ -36,8 +36,6 @@ def _statuses(r: redis.Redis, cam: str) -> list[dict]:
 # ------------------------------------------------------------------ kill -9
 @pytest.mark.slow
 def test_kill9_worker_three_times_loses_no_frame(priv: PrivateRedis, person_mp4: Path) -> None:
-    import socket
-
     from pipeline.app.collect import ResultCollector
     from pipeline.app.supervisor import Supervisor
     from pipeline.registry import prepare_camera
@@ -66,13 +64,13 @@ def test_kill9_worker_three_times_loses_no_frame(priv: PrivateRedis, person_mp4:
                 # nothing), so the victim is a worker that holds frames now, whichever that is.
                 holding = {(c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): int(c["pending"])
                            for c in r.xpending(frames_key(cam), GROUP)["consumers"]}
-                pids = [p for p in sup.pids("worker:") if holding.get(f"{socket.gethostname()}-{p}", 0) > 0]
+                pids = [p for p in sup.pids("worker:") if holding.get(consumer_name(p), 0) > 0]
                 victim = pids[0] if pids else None
                 if victim is not None:
                     os.kill(victim, signal.SIGSTOP)
                     time.sleep(0.05)  # let a transaction already sent land
                     held = {p["message_id"] for p in r.xpending_range(frames_key(cam), GROUP, min="-", max="+", count=1000,
-                                                                      consumername=f"{socket.gethostname()}-{victim}")}
+                                                                      consumername=consumer_name(victim))}
                     if held:
                         os.kill(victim, signal.SIGKILL)
                         kills.append((victim, held))

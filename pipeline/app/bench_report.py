@@ -65,6 +65,11 @@ def format_tables(res: dict[str, Any]) -> str:
     for row in s["rows"]:
         lines.append(f"| {row['policy']} | {row['budget']} | {row['valid']}/{row['runs']} | {_ms(row['compute_share'], '.1%')} | "
                      f"{_ms(row['mean'])} | {_ms(row['informative'])} | {_ms(row['box_f1'])} | {_ms(row['count_mae'], '.2f')} | {_ms(row['fps'], '.2f')} |")
+    ratio = [r for r in res["runs"] if r.get("compute_share")]
+    if ratio:  # above 1: the run's models took longer than in the reference (a loaded machine, a neighbour process)
+        lines += ["", "Measured ms per priced ms, each run (policy budget seed: ratio" + (", camera moves" if "camera_moves" in ratio[0] else "") + "): " +
+                  "; ".join(f"{r['policy']} {r['budget']} {r['seed']}: {r['compute_share_measured'] / r['compute_share']:.2f}" +
+                            (f", {sum(len(v) for v in r['camera_moves'].values())}" if "camera_moves" in r else "") for r in ratio)]
     bad = [r for r in res["runs"] if not r["valid"]]
     if bad:
         lines += ["", "Invalid runs (accuracy not shown):", ""]

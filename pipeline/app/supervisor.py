@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import multiprocessing as mp
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ from pipeline.errors import UserError
 from pipeline.exitcodes import ExitCode, should_restart
 from pipeline.metrics import serve_metrics
 from pipeline.redis_conn import REDIS_DOWN, RedisUnavailable, connect, first_line
-from stages.assignment import Membership
+from pipeline.streams import consumer_name
+from stages.assignment import live_workers
 from stages.decoder import decoder_main
 from stages.scheduler import worker_main
 
@@ -152,15 +152,13 @@ class Supervisor:
         return self
 
     def _wait_for_workers(self, workers: list[Child], timeout_s: float) -> None:
-        host = socket.gethostname()
         r = None
         try:
             r = connect(self.redis_url)
-            seen = Membership(r, "supervisor", lease_ms=1000)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                alive = {f"{host}-{c.proc.pid}" for c in workers if c.proc is not None and c.proc.is_alive()}
-                if alive <= set(seen.live()):  # a worker that already exited (a bad input) is not waited for
+                alive = {consumer_name(c.proc.pid) for c in workers if c.proc is not None and c.proc.is_alive()}
+                if alive <= set(live_workers(r)):  # a worker that already exited (a bad input) is not waited for
                     return
                 time.sleep(0.1)
         except (RedisUnavailable, *REDIS_DOWN):
