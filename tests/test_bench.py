@@ -62,6 +62,8 @@ def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> N
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
     table = (out / "bench.md").read_text()
     assert "| ours | 40% | 1/1 |" in table and "mean @ 1/5" in table
+    assert "ours 70% 0: " in table.split("Measured ms per priced ms, each run (policy budget seed: ratio, camera moves): ", 1)[1]
+    assert all(list(r["camera_moves"].values()) == [[]] for r in res["runs"])  # one camera, one worker: it never changes hands
     assert "| ours | 40% | 1/1 |" in proc.stdout
     # the README's tables come from this file through the generator script
     readme = tmp_path / "README.md"
