@@ -130,6 +130,7 @@ class CamState:
     thumbs: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> thumbnail, until observed (and kept for samples)
     triggers: dict[int, dict[str, str]] = field(default_factory=dict)  # frame -> model -> why it ran, until described
     estimated: dict[int, float] = field(default_factory=dict)  # frame -> the cost its decision booked, until observed
+    refused: dict[int, list[str]] = field(default_factory=dict)  # frame -> models the policy wanted and the cap refused, until described
     fresh_obs: dict[str, list[tuple[float, int, float]]] = field(default_factory=dict)  # this period's risk observations
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> risk predicted vs error observed, last period
     exec_thumbs: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)  # model -> (frame, thumbnail) it last ran on
@@ -193,6 +194,7 @@ class RuntimePolicy:
                     st.triggers[frame.frame] = dict.fromkeys(models, Trigger.PROFILE)
                 return set(models)
             st.prof_frames.discard(frame.frame)  # no room: this period has one aligned sample less
+            _note_refused(st, frame.frame, ["profile"])
         if st.decider is not None and gov is not None:
             # Cascade: the decider's choice (in priority order), then the cap on measured compute.
             choice = st.decider.decide(frame.frame, st.thumbs[frame.frame], gov.estimate)
@@ -200,6 +202,7 @@ class RuntimePolicy:
             booked = sum(gov.estimate[m] for m in choice)
             admitted = sum(gov.estimate[m] for m in run)
             st.decider.tokens += booked - admitted  # refused by the cap: not spent
+            _note_refused(st, frame.frame, [m for m in choice if m not in run])
             st.triggers[frame.frame] = {m: choice[m] for m in run}
             st.estimated[frame.frame] = admitted
             # Booked as run now: the next frames of this batch are decided before any model runs,
@@ -212,6 +215,7 @@ class RuntimePolicy:
         # Models the plan runs most often first, then the cheaper: what the cap cuts first is the rarest, dearest.
         order = sorted(wanted, key=lambda m: (-st.plan.rates.get(m, 0.0), gov.estimate[m]))
         run = gov.admit(order, frame=frame.frame)
+        _note_refused(st, frame.frame, [m for m in order if m not in run])
         if st.gate is not None and len(run) < len(wanted):
             st.gate.postpone([m for m in wanted if m not in run])
         return set(run)
@@ -341,6 +345,9 @@ class RuntimePolicy:
         triggers = st.triggers.pop(frame.frame, None) if st is not None else None
         if triggers is not None:
             d["triggers"] = triggers  # the worker moves each into its executed output's record
+        refused = st.refused.pop(frame.frame, None) if st is not None else None
+        if refused:
+            d["refused"] = refused  # what the cap on measured compute took away ("profile": a whole profiling frame)
         if st is None or st.plan is None or decided is Phase.COLD_START:
             d["phase"] = Phase.COLD_START.value
             return d
@@ -634,6 +641,14 @@ def _thumb_from_bytes(b: bytes) -> np.ndarray | None:
     if len(b) != _THUMB_SHAPE[0] * _THUMB_SHAPE[1]:
         return None
     return np.frombuffer(b, np.uint8).reshape(_THUMB_SHAPE).astype(np.float32) / 255.0
+
+
+def _note_refused(st: CamState, frame: int, models: list[str]) -> None:
+    """Remember what the cap refused on ``frame`` (for its record), bounded like the other per-frame maps."""
+    if models:
+        st.refused.setdefault(frame, []).extend(models)
+        if len(st.refused) > 4096:  # decided but never described (a failed write): forget the oldest
+            st.refused.pop(next(iter(st.refused)))
 
 
 def _held(st: CamState, model: str, frame: int) -> tuple[ModelOutput, int] | None:

@@ -254,6 +254,29 @@ def test_every_policy_holds_its_budget_in_measured_ms_over_several_periods(r: re
     assert budgeted[-1]["policy"]["used"] == pytest.approx(sum(spend[-period:]) / period, rel=0.05, abs=0.05)
 
 
+def test_records_say_what_the_cap_refused(r: redis.Redis, gif35: Path) -> None:
+    """Start-up costs far below the real ones (haar priced at 1 ms, it measures tens): the plan
+    asks for haar on every frame, the governor learns its measured cost and refuses it where the
+    window has no room, and each such record names what was refused, which then did not run."""
+    n = _decode(r, "cam", gif35)
+    store_costs(r, {**COSTS, "haar_full_body": _Cost(1.0)})
+    pol = RuntimePolicy(RuntimeOptions(name="hold-last", budget="50%", epochs=8, cold_start_frames=8, period_frames=8,
+                                       profile_fraction=0.25), r)
+    Worker(r, pol, batch=4, block_ms=50).run(idle_exit_s=1.0)
+    recs = _records(r, "cam")
+    assert [x["frame"] for x in recs] == list(range(n))
+    refused = [x for x in recs if x["policy"].get("refused")]
+    assert refused, [x["policy"] for x in recs]
+    for x in refused:
+        assert x["policy"]["phase"] == "budgeted"
+        for m in x["policy"]["refused"]:
+            if m == "profile":
+                assert sum(o["origin"] == "executed" for o in x["outputs"].values()) < len(MODELS)
+            else:
+                assert x["outputs"][m]["origin"] != "executed", (x["frame"], m)
+    assert any("haar_full_body" in x["policy"]["refused"] for x in refused)
+
+
 def _same_output(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = ("counts", "value", "label", "coverage")
     return all(a.get(k) == b.get(k) for k in keys)

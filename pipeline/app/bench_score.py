@@ -93,6 +93,7 @@ class RunScore:
     budgeted_ms: float = math.nan  # measured model ms per frame after the cold start
     worst_window_ms: float = math.nan  # the most measured ms in any window of `window` budgeted frames, per frame
     worst_window: dict[str, Any] = field(default_factory=dict)  # where: camera, first and last frame, its dearest frames
+    refused: dict[str, int] = field(default_factory=dict)  # model -> frames where the policy wanted it and the cap refused ("profile": whole profiling frames)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,7 @@ class RunScore:
             "spend": {"limit_ms": self.limit_ms, "budgeted_ms": self.budgeted_ms, "worst_window_ms": self.worst_window_ms,
                       "worst_window": self.worst_window},
             "frames": self.frames, "missing_records": self.missing_records, "origins": self.origins,
+            "refused": self.refused,
         }
 
 
@@ -139,6 +141,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
     boxes: dict[str, _BoxTally] = {}
     count_err: dict[str, list[float]] = {}
     origins: dict[str, Counter[str]] = {m: Counter() for m in models}
+    refused: Counter[str] = Counter()
     priced = ref_ms = run_ms = 0.0
     missing = n = 0
     limits: list[float] = []
@@ -165,6 +168,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
             ms = _executed_ms(rec)
             run_ms += ms
             pol = rec.get("policy", {})
+            refused.update(pol.get("refused", ()))
             if pol.get("phase") == "budgeted" and pol.get("resource") == "ms":
                 budgeted[cam].append((f, ms))
                 limits.append(float(pol["limit"]))
@@ -210,6 +214,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
         budgeted_ms=float(np.mean([ms for b in budgeted.values() for _, ms in b])) if limits else math.nan,
         worst_window_ms=worst_ms,
         worst_window=worst_at,
+        refused=dict(refused),
     )
 
 
