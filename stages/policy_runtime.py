@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -491,14 +491,14 @@ class RuntimePolicy:
             acc = np.mean([model_accuracy(prior, o) for o in score_on.outputs[m]]) if len(score_on) else 1.0
             informative[m] = bool(acc < 0.9)
             st.prior_acc[m] = float(acc)
-        planning = resolved
+        planning, plan_costs = resolved, costs
         if resolved.rate_sensitive:
+            self._arm_governor(camera, st, resolved, costs)
+            plan_costs, reserve = self._planning_costs(st, resolved, costs)
             # Profiling frames run every model and count against the same budget: plan the rest
             # with what they leave (the governor then holds the measured spend to the full limit).
-            reserve = self.opts.profile_fraction * resolved.used(st.models, costs)
             planning = ResolvedBudget(resolved.resource, max(resolved.limit - reserve, 0.0), text=resolved.text)
-            self._arm_governor(camera, st, resolved, costs)
-        inp = PlanInputs(st.models, costs, planning, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
+        inp = PlanInputs(st.models, plan_costs, planning, pairwise=pairwise, estimate=estimate, informative=informative, extra=extra)
         st.plan = self.planner.plan(inp)
         if st.calibration:
             st.plan.notes["calibration"] = st.calibration  # the last period's check of the risk model (published with the plan)
@@ -517,6 +517,28 @@ class RuntimePolicy:
         st.plans_made += 1
         st.reselector = Reselector(self.opts.period_frames, origin=frame_index + 1)
         st.gate = ReductoGate(st.plan.thresholds) if st.plan.fill == "reducto" else None
+
+    def _planning_costs(self, st: CamState, resolved: ResolvedBudget,
+                        costs: dict[str, ModelCost]) -> tuple[dict[str, ModelCost], float]:
+        """What the plan is made with: each model at what the governor will charge for it, and the
+        share of every frame's budget the profiling frames take.
+
+        The limit stays a share of what all models cost batched (the same for every policy), but
+        a budgeted worker runs most models on one or two frames of a batch, where the per-call
+        overhead is not shared: the governor starts from one frame's cost and then follows the
+        measured ones. A plan made on the batched costs promised more than the cap lets run, and
+        the governor then cut what did not fit, whatever it was worth (measured: 70% of the
+        profiling frames refused at 20%, ``policy.refused``). Planned on the governor's costs, the
+        plan itself chooses what to leave out. The profiling reserve is what such a frame is
+        booked at (every model, one frame, with the headroom the governor books it with), at
+        most half the limit: below that, profiling cannot be paid for and the governor refuses
+        the frames that do not fit."""
+        gov = st.governor
+        if gov is None or resolved.resource != "ms":
+            return costs, self.opts.profile_fraction * resolved.used(st.models, costs)
+        plan_costs = {m: replace(c, ms=gov.estimate.get(m, c.ms)) for m, c in costs.items()}
+        frame = sum(gov.estimate[m] for m in st.models) * (1.0 + gov.headroom_all_or_none())
+        return plan_costs, min(self.opts.profile_fraction * frame, 0.5 * resolved.limit)
 
     def _arm_governor(self, camera: str, st: CamState, resolved: ResolvedBudget | None = None,
                       costs: dict[str, ModelCost] | None = None) -> None:

@@ -189,6 +189,7 @@ class WorkerStats:
     reclaimed: int = 0
     duplicates_avoided: int = 0  # records not written: another worker had reclaimed and recorded the frame
     redis_errors: int = 0  # connection failures survived (Redis restarts...)
+    lease_lapses: int = 0  # beats that came later than the lease: meanwhile other workers could take its cameras
     model_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
@@ -286,8 +287,16 @@ class Worker:
         """Renew this worker's lease; the live workers (just this one when cameras are shared)."""
         if self.share_cameras:
             return [self.name]
+        gap = time.monotonic() - self._beat_at
+        first = self._beat_at < 0
         live = self.membership.beat()
         self._beat_at = time.monotonic()
+        if not first and gap * 1000 > self.membership.lease_ms:
+            # Its cameras may have been dealt to another worker meanwhile (and stay there: owners
+            # are sticky); said, so a camera that moved mid-run has a visible cause.
+            self.stats.lease_lapses += 1
+            self.say(f"mlink: worker {self.name}: lease lapsed: no beat for {gap:.1f} s (lease {self.membership.lease_ms / 1000:g} s); "
+                     "other workers may have taken its cameras")
         return live
 
     def _add_camera(self, cam: str, info: dict[bytes, bytes]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from conftest import write_config
 from test_scheduler import decode_into_redis, records
 
 from pipeline.keys import GROUP, WORKERS_KEY, frames_key
-from stages.assignment import Membership, assign
+from stages.assignment import Membership, assign, live_workers
 from stages.scheduler import Worker
 
 
@@ -80,6 +81,25 @@ def test_membership_lease_expires_and_leave_is_immediate(r: redis.Redis) -> None
     assert b.live() == ["b"]
     with pytest.raises(ValueError, match="at least 100 ms"):
         Membership(r, "c", lease_ms=10)
+
+
+def test_a_worker_says_when_its_lease_lapsed(r: redis.Redis) -> None:
+    """A worker that could not beat for longer than its lease (a step that held it up) says so on
+    its next beat, one line, and counts it: meanwhile another worker may have taken its cameras."""
+    said: list[str] = []
+    w = Worker(r, name="w", lease_ms=200, say=said.append)
+    w._beat()
+    time.sleep(0.05)
+    w._beat()
+    assert said == [] and w.stats.lease_lapses == 0  # within the lease: nothing to say
+    time.sleep(0.35)
+    assert live_workers(r) == []  # the lease ran out: to the others it is gone
+    w._beat()
+    assert w.stats.lease_lapses == 1
+    assert len(said) == 1, said
+    m = re.search(r"worker w: lease lapsed: no beat for (\d+\.\d) s \(lease 0\.2 s\)", said[0])
+    assert m and float(m.group(1)) >= 0.3, said
+    assert live_workers(r) == ["w"]
 
 
 def _serve(workers: list[Worker], idle_exit_s: float) -> None:
