@@ -64,6 +64,9 @@ def test_bench_on_a_short_clip(tmp_path: Path, redis_url: str, gif35: Path) -> N
     assert "| ours | 40% | 1/1 |" in table and "mean @ 1/5" in table
     assert "ours 70% 0: " in table.split("Measured ms per priced ms, each run (policy budget seed: ratio, camera moves): ", 1)[1]
     assert all(list(r["camera_moves"].values()) == [[]] for r in res["runs"])  # one camera, one worker: it never changes hands
+    # what the cap refused, per run (counted from the records' policy.refused) and how many profiling frames ran
+    assert all(isinstance(r["refused"], dict) and r["full_frames"] >= 0 for r in res["runs"])
+    assert "Refused by the cap, each run (policy budget seed: profiling frames refused / run, other model executions refused): " in table
     assert "| ours | 40% | 1/1 |" in proc.stdout
     # the README's tables come from this file through the generator script
     readme = tmp_path / "README.md"

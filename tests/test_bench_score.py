@@ -105,6 +105,26 @@ def test_an_overspending_run_is_caught() -> None:
     assert overspend(score_run(REF, REF, CLASSES, FRAMES, INFO)) is None  # no budget in the records: nothing to check
 
 
+def test_refusals_and_full_frames_are_counted_per_run() -> None:
+    """What the cap refused (records' policy.refused) is summed per model, and the frames after the
+    cold start on which every model ran (profiling) are counted; the cold start's are not."""
+    run = {"c": {}}
+    for i, r in REF["c"].items():
+        if i < 2:
+            run["c"][i] = {**r, "policy": {"phase": "cold-start"}}  # every model, but cold start
+        elif i == 2:
+            run["c"][i] = budgeted(r)  # every model after the cold start: a profiling frame
+        else:
+            x = budgeted(rec(i, {**r["outputs"]["det"], "origin": "held"}, r["outputs"]["val"]))
+            x["policy"]["refused"] = ["det"] if i < 5 else ["profile"]
+            run["c"][i] = x
+    s = score_run(run, REF, CLASSES, FRAMES, INFO, window=2)
+    assert s.refused == {"det": 2, "profile": 1}
+    assert s.full_frames == 1
+    assert s.to_json()["refused"] == {"det": 2, "profile": 1} and s.to_json()["full_frames"] == 1
+    assert score_run(REF, REF, CLASSES, FRAMES, INFO).refused == {}  # nothing refused: nothing counted
+
+
 def test_informative_targets() -> None:
     ref = {"c": {i: rec(i, det([]), val(0.5 if i < 95 else 0.9)) for i in range(100)}}
     assert informative_targets(ref, ["det", "val"]) == {"det": False, "val": False}  # 100% and 95% the same

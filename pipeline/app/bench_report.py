@@ -70,6 +70,13 @@ def format_tables(res: dict[str, Any]) -> str:
         lines += ["", "Measured ms per priced ms, each run (policy budget seed: ratio" + (", camera moves" if "camera_moves" in ratio[0] else "") + "): " +
                   "; ".join(f"{r['policy']} {r['budget']} {r['seed']}: {r['compute_share_measured'] / r['compute_share']:.2f}" +
                             (f", {sum(len(v) for v in r['camera_moves'].values())}" if "camera_moves" in r else "") for r in ratio)]
+    refused = [r for r in res["runs"] if "refused" in r]
+    if refused:  # what the cap on measured compute took from what the policy wanted (records' policy.refused)
+        lines += ["", "Refused by the cap, each run (policy budget seed: profiling frames refused" +
+                  (" / run" if "full_frames" in refused[0] else "") + ", other model executions refused): " +
+                  "; ".join(f"{r['policy']} {r['budget']} {r['seed']}: {r['refused'].get('profile', 0)}" +
+                            (f"/{r['full_frames']}" if "full_frames" in r else "") + ", "
+                            f"{sum(v for k, v in r['refused'].items() if k != 'profile')}" for r in refused)]
     bad = [r for r in res["runs"] if not r["valid"]]
     if bad:
         lines += ["", "Invalid runs (accuracy not shown):", ""]

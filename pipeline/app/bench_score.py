@@ -93,6 +93,7 @@ class RunScore:
     budgeted_ms: float = math.nan  # measured model ms per frame after the cold start
     worst_window_ms: float = math.nan  # the most measured ms in any window of `window` budgeted frames, per frame
     worst_window: dict[str, Any] = field(default_factory=dict)  # where: camera, first and last frame, its dearest frames
+    full_frames: int = 0  # frames after the cold start on which every model ran (profiling)
     refused: dict[str, int] = field(default_factory=dict)  # model -> frames where the policy wanted it and the cap refused ("profile": whole profiling frames)
 
     def to_json(self) -> dict[str, Any]:
@@ -103,7 +104,7 @@ class RunScore:
             "spend": {"limit_ms": self.limit_ms, "budgeted_ms": self.budgeted_ms, "worst_window_ms": self.worst_window_ms,
                       "worst_window": self.worst_window},
             "frames": self.frames, "missing_records": self.missing_records, "origins": self.origins,
-            "refused": self.refused,
+            "refused": self.refused, "full_frames": self.full_frames,
         }
 
 
@@ -142,6 +143,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
     count_err: dict[str, list[float]] = {}
     origins: dict[str, Counter[str]] = {m: Counter() for m in models}
     refused: Counter[str] = Counter()
+    full = 0
     priced = ref_ms = run_ms = 0.0
     missing = n = 0
     limits: list[float] = []
@@ -169,6 +171,8 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
             run_ms += ms
             pol = rec.get("policy", {})
             refused.update(pol.get("refused", ()))
+            if pol.get("phase") == "budgeted" and all(o["origin"] == "executed" for o in rec["outputs"].values()):
+                full += 1
             if pol.get("phase") == "budgeted" and pol.get("resource") == "ms":
                 budgeted[cam].append((f, ms))
                 limits.append(float(pol["limit"]))
@@ -215,6 +219,7 @@ def score_run(run: Records, ref: Records, classes: Mapping[str, tuple[str, ...]]
         worst_window_ms=worst_ms,
         worst_window=worst_at,
         refused=dict(refused),
+        full_frames=full,
     )
 
 
