@@ -527,8 +527,8 @@ class RuntimePolicy:
         a budgeted worker runs most models on one or two frames of a batch, where the per-call
         overhead is not shared: the governor starts from one frame's cost and then follows the
         measured ones. A plan made on the batched costs promised more than the cap lets run, and
-        the governor then cut what did not fit, whatever it was worth (measured: 70% of the
-        profiling frames refused at 20%, ``policy.refused``). Planned on the governor's costs, the
+        the governor then cut what did not fit, whatever it was worth (``policy.refused``; the
+        README's ``pair3_w1`` bench: most profiling frames refused). Planned on the governor's costs, the
         plan itself chooses what to leave out. The profiling reserve is what such a frame is
         booked at (every model, one frame, with the headroom the governor books it with), at
         most half the limit: below that, profiling cannot be paid for and the governor refuses

@@ -93,7 +93,7 @@ class RunScore:
     budgeted_ms: float = math.nan  # measured model ms per frame after the cold start
     worst_window_ms: float = math.nan  # the most measured ms in any window of `window` budgeted frames, per frame
     worst_window: dict[str, Any] = field(default_factory=dict)  # where: camera, first and last frame, its dearest frames
-    full_frames: int = 0  # frames after the cold start on which every model ran (profiling)
+    full_frames: int = 0  # frames after the cold start on which every model ran (profiling, or a policy that chose them all)
     refused: dict[str, int] = field(default_factory=dict)  # model -> frames where the policy wanted it and the cap refused ("profile": whole profiling frames)
 
     def to_json(self) -> dict[str, Any]:
