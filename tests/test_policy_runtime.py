@@ -7,6 +7,7 @@ on schedule, and its records carry provenance (origin, via, confidence) and the 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,14 +278,34 @@ def test_every_policy_holds_its_budget_in_measured_ms_over_several_periods(r: re
     assert budgeted[-1]["policy"]["used"] == pytest.approx(sum(spend[-period:]) / period, rel=0.05, abs=0.05)
 
 
-def test_records_say_what_the_cap_refused(r: redis.Redis, gif35: Path) -> None:
-    """Start-up costs far below the real ones (haar priced at 1 ms, it measures tens): the plan
-    asks for haar on every frame, the governor learns its measured cost and refuses it where the
-    window has no room, and each such record names what was refused, which then did not run."""
+def test_records_say_what_the_cap_refused(r: redis.Redis, gif35: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine gets loaded after the plan is made (haar then takes 150 ms more per frame than it
+    measured when the plan was made): the plan still asks for haar at its old rate until the next
+    re-plan, the governor learns the new measured cost and refuses haar where the window has no
+    room, and each such record names what was refused, which then did not run."""
+    import stages.scheduler as scheduler
+
     n = _decode(r, "cam", gif35)
-    store_costs(r, {**COSTS, "haar_full_body": _Cost(1.0)})
+    store_costs(r, COSTS)
     pol = RuntimePolicy(RuntimeOptions(name="hold-last", budget="50%", epochs=8, cold_start_frames=8, period_frames=8,
                                        profile_fraction=0.25), r)
+    build = scheduler.build_model
+
+    def loaded_after_plan(spec: Any) -> Any:
+        model = build(spec)
+        if spec.name == "haar_full_body":
+            predict = model.predict
+
+            def slow(images: Any, cameras: Any) -> Any:
+                st = pol.cams.get("cam")
+                if st is not None and st.plans_made >= 1:
+                    time.sleep(0.15 * len(images))
+                return predict(images, cameras)
+
+            model.predict = slow  # type: ignore[method-assign]
+        return model
+
+    monkeypatch.setattr(scheduler, "build_model", loaded_after_plan)
     Worker(r, pol, batch=4, block_ms=50).run(idle_exit_s=1.0)
     recs = _records(r, "cam")
     assert [x["frame"] for x in recs] == list(range(n))
@@ -297,7 +318,7 @@ def test_records_say_what_the_cap_refused(r: redis.Redis, gif35: Path) -> None:
                 assert sum(o["origin"] == "executed" for o in x["outputs"].values()) < len(MODELS)
             else:
                 assert x["outputs"][m]["origin"] != "executed", (x["frame"], m)
-    assert any("haar_full_body" in x["policy"]["refused"] for x in refused)
+    assert any("haar_full_body" in x["policy"]["refused"] for x in refused), [x["policy"] for x in refused]
 
 
 def _same_output(a: dict[str, Any], b: dict[str, Any]) -> bool:
