@@ -21,9 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import av  # noqa: E402
-
 from pipeline.config import resolve_model_specs  # noqa: E402
+from pipeline.video import sample_images  # noqa: E402
 from pipeline.zoo import build_models  # noqa: E402
 
 DEFAULT_MODELS = "yolo_coco,plate_det,mtcnn_face,mobilenet_v2,hog_people,yolo_person"
@@ -42,13 +41,7 @@ def main() -> int:
         return 2
     specs = resolve_model_specs(args.models.split(","), "--models")
     models = build_models(specs)
-    frames = []
-    with av.open(str(args.video)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i % 10 == 0:
-                frames.append(f.to_ndarray(format="bgr24"))
-            if len(frames) >= args.frames:
-                break
+    frames = sample_images(args.video, args.frames, every=10)
     out = {}
     for s in specs:
         m = models[s.name]

@@ -23,6 +23,7 @@ from pipeline.errors import UserError
 from pipeline.exitcodes import ExitCode
 from pipeline.keys import COSTS_KEY, links_key, results_key
 from pipeline.registry import prepare_camera
+import stages.scheduler as scheduler
 from stages.decoder import Decoder
 from stages.policy_runtime import RuntimeOptions, RuntimePolicy
 from stages.scheduler import Worker
@@ -283,8 +284,6 @@ def test_records_say_what_the_cap_refused(r: redis.Redis, gif35: Path, monkeypat
     measured when the plan was made): the plan still asks for haar at its old rate until the next
     re-plan, the governor learns the new measured cost and refuses haar where the window has no
     room, and each such record names what was refused, which then did not run."""
-    import stages.scheduler as scheduler
-
     n = _decode(r, "cam", gif35)
     store_costs(r, COSTS)
     pol = RuntimePolicy(RuntimeOptions(name="hold-last", budget="50%", epochs=8, cold_start_frames=8, period_frames=8,
